@@ -1,0 +1,25 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   train on MovieLens-100k if no model exists, export, serve on embedded Redis, query it
+#   make test   run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test bench clean
+
+$(BIN)/cmnrec: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[train,serve,dev]'
+	touch $(BIN)/cmnrec
+
+install: $(BIN)/cmnrec
+
+demo: install
+	$(BIN)/cmnrec demo
+
+test: install
+	$(BIN)/python -m pytest tests
+
+clean:
+	rm -rf $(VENV) runs artifacts .cache

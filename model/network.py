@@ -1,0 +1,214 @@
+"""CmnRec, SRMN and the RNN baselines behind one interface.
+
+Every model has `step(items, state) -> (logits, state)` for one event per user and
+`forward(items, state) -> (logits, state)` for a [B, L] run of events: the same per-event state
+update, with the output layer applied once to the whole run. Shapes: B users, L events, I items.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from model.attention import ChunkAttention
+from model.config import ModelConfig
+from model.memory import DNCMemory, MemoryState
+from model.schedule import chunk_mask
+from model.state import NEG_INF, GRUState, LSTMState, MemoryRecState, PopState
+
+ChunkFlag = Union[bool, Tensor]  # one flag for the whole batch, or a [B] bool tensor
+
+
+def _select_rows(flags: Tensor, if_true: NamedTuple, if_false: NamedTuple) -> NamedTuple:
+    """Per-row choice between two states of the same type. flags: [B] bool."""
+    fields = []
+    for a, b in zip(if_true, if_false):
+        mask = flags.view(-1, *([1] * (a.dim() - 1)))
+        fields.append(torch.where(mask, a, b))
+    return type(if_true)(*fields)
+
+
+class SequentialRecommender(nn.Module):
+    """Shared loop: the subclasses define the per-event state update and the output features."""
+
+    config: ModelConfig
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.num_items, config.embed_dim, padding_idx=0)
+        self.dropout = nn.Dropout(config.dropout)
+        self.decode = nn.Linear(config.projection_dim, config.num_items)
+        mask = chunk_mask(config.block_len, config.slots, config.rule)
+        self.register_buffer("chunk_mask", torch.tensor(mask, dtype=torch.bool), persistent=False)
+
+    # -- to be defined by each model --------------------------------------------------------
+    def initial_state(self, batch_size: int, dtype: torch.dtype | None = None,
+                      device: torch.device | None = None) -> NamedTuple:
+        raise NotImplementedError  # abstract: every concrete model overrides it
+
+    def advance(self, embedded: Tensor, state: Any, chunk: ChunkFlag) -> Any:
+        """The state after one event. embedded: [B, k] v = E[x]."""
+        raise NotImplementedError  # abstract: every concrete model overrides it
+
+    def features(self, state: Any) -> Tensor:
+        """What the output layer reads from a state: [B, F]."""
+        raise NotImplementedError  # abstract: every concrete model overrides it
+
+    # -- shared ----------------------------------------------------------------------------------
+    def _float(self) -> torch.dtype:
+        return self.embedding.weight.dtype
+
+    def output(self, features: Tensor) -> Tensor:
+        """logits = W_out (W_y o + W_r vec r) + b_out. features: [..., F]. Returns [..., I]."""
+        return self.decode(self.dropout(self.combine(features)))
+
+    def scores(self, state: Any) -> Tensor:
+        """Logits for the next item from a stored state, without changing it: [B, I]."""
+        return self.output(self.features(state))
+
+    def chunk_flags(self, pos: Tensor) -> Tensor:
+        """[B] bool: whether the next event of each row falls on a chunk time."""
+        return self.chunk_mask[pos % self.config.block_len]
+
+    def step(self, items: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """One event per user. items: [B] item ids. Returns (logits [B, I], new state)."""
+        flags = self.chunk_flags(state.pos)
+        chunk: ChunkFlag = bool(flags.all()) if bool(flags.all() | ~flags.any()) else flags
+        state = self.advance(self.dropout(self.embedding(items)), state, chunk)
+        return self.scores(state), state
+
+    def forward(self, items: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """A run of events per user. items: [B, L] (0 = padding). Returns ([B, L, I], state)."""
+        _, length = items.shape
+        embedded = self.dropout(self.embedding(items))  # [B, L, k]
+        offsets = torch.arange(length, device=items.device)
+        flags = self.chunk_mask[(state.pos.unsqueeze(1) + offsets) % self.config.block_len]
+        aligned = bool((flags == flags[:1]).all())  # all rows at the same block position
+        shared = flags[0].tolist() if aligned else None
+        features = []
+        for t in range(length):
+            chunk: ChunkFlag = shared[t] if shared is not None else flags[:, t]
+            state = self.advance(embedded[:, t], state, chunk)
+            features.append(self.features(state))
+        return self.output(torch.stack(features, dim=1)), state
+
+
+class CmnRec(SequentialRecommender):
+    """LSTM controller + chunk attention + DNC memory (DESIGN.md section 1); SRMN when rule=every."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        k, H, R = config.embed_dim, config.hidden_dim, config.read_heads
+        self.controller = nn.LSTMCell(k + config.read_size, H)
+        self.attention = ChunkAttention(H, config.read_size, config.attn_dim)
+        self.memory = DNCMemory(H, config.slots, config.mem_width, R)
+        self.combine = nn.Linear(H + config.read_size, config.projection_dim)
+
+    def initial_state(self, batch_size: int, dtype: torch.dtype | None = None,
+                      device: torch.device | None = None) -> MemoryRecState:
+        c = self.config
+        dtype = dtype or self._float()
+        B, H, N, W, R = batch_size, c.hidden_dim, c.slots, c.mem_width, c.read_heads
+
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        return MemoryRecState(
+            h=zeros(B, H), c=zeros(B, H), out=zeros(B, H), read=zeros(B, R, W),
+            memory=zeros(B, N, W), usage=zeros(B, N), link=zeros(B, N, N),
+            precedence=zeros(B, N), write_weights=zeros(B, N), read_weights=zeros(B, R, N),
+            attn_max=torch.full((B,), NEG_INF, dtype=dtype, device=device),
+            attn_norm=zeros(B), attn_sum=zeros(B, H),
+            pos=torch.zeros(B, dtype=torch.long, device=device),
+        )
+
+    def advance(self, embedded: Tensor, state: MemoryRecState, chunk: ChunkFlag) -> MemoryRecState:
+        read_flat = state.read.flatten(1)
+        o, c = self.controller(torch.cat([embedded, read_flat], dim=-1), (state.h, state.c))
+        score = self.attention.score(o, self.attention.context(read_flat))
+        m, s, n = self.attention.fold(state.attn_max, state.attn_norm, state.attn_sum, score, o)
+        plain = state._replace(h=o, c=c, out=o, attn_max=m, attn_norm=s, attn_sum=n,
+                               pos=state.pos + 1)
+        if chunk is False:
+            return plain
+        summary = self.attention.readout(s, n)  # a_i: replaces the carried hidden state
+        read, mem = self.memory.step(o, MemoryState(state.memory, state.usage, state.link,
+                                                    state.precedence, state.write_weights,
+                                                    state.read_weights))
+        chunked = MemoryRecState(
+            h=summary, c=c, out=o, read=read, memory=mem.memory, usage=mem.usage, link=mem.link,
+            precedence=mem.precedence, write_weights=mem.write_weights,
+            read_weights=mem.read_weights, attn_max=torch.full_like(m, NEG_INF),
+            attn_norm=torch.zeros_like(s), attn_sum=torch.zeros_like(n), pos=state.pos + 1,
+        )
+        if chunk is True:
+            return chunked
+        return _select_rows(chunk, chunked, plain)
+
+    def features(self, state: MemoryRecState) -> Tensor:
+        return torch.cat([state.out, state.read.flatten(1)], dim=-1)
+
+
+class RNNRec(SequentialRecommender):
+    """LSTM4Rec / GRU4Rec: embedding, one recurrent layer, the same output layer, no memory."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        k, H = config.embed_dim, config.hidden_dim
+        self.is_lstm = config.model == "lstm4rec"
+        self.cell = nn.LSTMCell(k, H) if self.is_lstm else nn.GRUCell(k, H)
+        self.combine = nn.Linear(H, config.projection_dim)
+
+    def initial_state(self, batch_size: int, dtype: torch.dtype | None = None,
+                      device: torch.device | None = None) -> NamedTuple:
+        dtype = dtype or self._float()
+        h = torch.zeros(batch_size, self.config.hidden_dim, dtype=dtype, device=device)
+        pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        return LSTMState(h, h.clone(), pos) if self.is_lstm else GRUState(h, pos)
+
+    def advance(self, embedded: Tensor, state: Any, chunk: ChunkFlag) -> Any:
+        if self.is_lstm:
+            h, c = self.cell(embedded, (state.h, state.c))
+            return LSTMState(h, c, state.pos + 1)
+        return GRUState(self.cell(embedded, state.h), state.pos + 1)
+
+    def features(self, state: Any) -> Tensor:
+        return state.h
+
+
+class PopularityRecommender(SequentialRecommender):
+    """Scores every item by its log training count, whatever the user did."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.register_buffer("log_counts", torch.zeros(config.num_items))
+
+    def fit(self, counts: Tensor) -> None:
+        """counts: [I] training interactions per item (index 0 = padding, never recommended)."""
+        log_counts = torch.log1p(counts.to(self.log_counts.dtype))
+        log_counts[0] = float("-inf")
+        self.log_counts.copy_(log_counts)
+
+    def initial_state(self, batch_size: int, dtype: torch.dtype | None = None,
+                      device: torch.device | None = None) -> PopState:
+        return PopState(torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def advance(self, embedded: Tensor, state: PopState, chunk: ChunkFlag) -> PopState:
+        return PopState(state.pos + 1)
+
+    def features(self, state: PopState) -> Tensor:
+        return state.pos.unsqueeze(-1)
+
+    def output(self, features: Tensor) -> Tensor:
+        return self.log_counts.expand(*features.shape[:-1], -1)
+
+
+def build_model(config: ModelConfig) -> SequentialRecommender:
+    """The network named by config.model."""
+    if config.has_memory:
+        return CmnRec(config)
+    if config.model == "pop":
+        return PopularityRecommender(config)
+    return RNNRec(config)
