@@ -125,27 +125,43 @@ class CmnRec(SequentialRecommender):
         )
 
     def advance(self, embedded: Tensor, state: MemoryRecState, chunk: ChunkFlag) -> MemoryRecState:
+        plain = self.controller_step(embedded, state)
+        if chunk is False:
+            return plain
+        chunked = self.memory_step(plain)
+        if chunk is True:
+            return chunked
+        return _select_rows(chunk, chunked, plain)
+
+    def controller_step(self, embedded: Tensor, state: MemoryRecState) -> MemoryRecState:
+        """Steps 2-3 and 6: one controller pass, o folded into the chunk summary; D and r kept.
+
+        This is the whole update of a non-chunk event. embedded: [B, k] v = E[x].
+        """
         read_flat = state.read.flatten(1)
         o, c = self.controller(torch.cat([embedded, read_flat], dim=-1), (state.h, state.c))
         score = self.attention.score(o, self.attention.context(read_flat))
         m, s, n = self.attention.fold(state.attn_max, state.attn_norm, state.attn_sum, score, o)
-        plain = state._replace(h=o, c=c, out=o, attn_max=m, attn_norm=s, attn_sum=n,
-                               pos=state.pos + 1)
-        if chunk is False:
-            return plain
-        summary = self.attention.readout(s, n)  # a_i: replaces the carried hidden state
-        read, mem = self.memory.step(o, MemoryState(state.memory, state.usage, state.link,
-                                                    state.precedence, state.write_weights,
-                                                    state.read_weights))
-        chunked = MemoryRecState(
-            h=summary, c=c, out=o, read=read, memory=mem.memory, usage=mem.usage, link=mem.link,
+        return state._replace(h=o, c=c, out=o, attn_max=m, attn_norm=s, attn_sum=n,
+                              pos=state.pos + 1)
+
+    def memory_step(self, state: MemoryRecState) -> MemoryRecState:
+        """Step 4 at a chunk time, applied to the state `controller_step` returned.
+
+        h becomes the attention summary a (Eq. 9), the DNC writes then reads with o = state.out,
+        and the chunk summary is reset. c, out and pos are kept.
+        """
+        summary = self.attention.readout(state.attn_norm, state.attn_sum)  # a_i
+        read, mem = self.memory.step(state.out, MemoryState(state.memory, state.usage, state.link,
+                                                            state.precedence, state.write_weights,
+                                                            state.read_weights))
+        return state._replace(
+            h=summary, read=read, memory=mem.memory, usage=mem.usage, link=mem.link,
             precedence=mem.precedence, write_weights=mem.write_weights,
-            read_weights=mem.read_weights, attn_max=torch.full_like(m, NEG_INF),
-            attn_norm=torch.zeros_like(s), attn_sum=torch.zeros_like(n), pos=state.pos + 1,
+            read_weights=mem.read_weights, attn_max=torch.full_like(state.attn_max, NEG_INF),
+            attn_norm=torch.zeros_like(state.attn_norm),
+            attn_sum=torch.zeros_like(state.attn_sum),
         )
-        if chunk is True:
-            return chunked
-        return _select_rows(chunk, chunked, plain)
 
     def features(self, state: MemoryRecState) -> Tensor:
         return torch.cat([state.out, state.read.flatten(1)], dim=-1)
