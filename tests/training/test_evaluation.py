@@ -1,0 +1,121 @@
+"""Leave-one-out evaluation: targets, the state each prediction is made from, ties, exclude_seen."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.config import ModelConfig
+from model.network import SequentialRecommender, build_model
+from model.state import PopState
+from tests.training.toy_data import counting_dataset, cyclic_dataset
+from training.evaluation import evaluate_model, leave_one_out_ranks, target_ranks
+from training.split import evaluation_users, training_item_counts, training_sequences
+
+
+class NextPositionOracle(SequentialRecommender):
+    """Scores 1 for item pos+1 and 0 for every other item: right on a counting sequence only if the
+    prediction for a target is made from the state after exactly the events before it."""
+
+    def initial_state(self, batch_size, dtype=None, device=None):
+        return PopState(torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def advance(self, embedded, state, chunk):
+        return PopState(state.pos + 1)
+
+    def features(self, state):
+        return state.pos.unsqueeze(-1)
+
+    def output(self, features):
+        upcoming = (features.squeeze(-1) + 1).clamp(max=self.config.num_items - 1)
+        return F.one_hot(upcoming, self.config.num_items).float()
+
+
+def test_target_ranks_are_pessimistic_on_ties() -> None:
+    scores = torch.tensor([[float("-inf"), 1.0, 2.0, 2.0, 0.0],
+                           [float("-inf"), 1.0, 2.0, 2.0, 0.0],
+                           [float("-inf"), 1.0, 2.0, 2.0, 0.0],
+                           [float("-inf"), 1.0, float("nan"), 2.0, 0.0]])
+    ranks = target_ranks(scores, torch.tensor([2, 3, 1, 2]))
+    assert ranks.tolist() == [2, 2, 3, 5]
+
+
+def test_split_keeps_the_last_two_events_out_of_training() -> None:
+    data = counting_dataset([2, 3, 5])
+    assert evaluation_users(data).tolist() == [1, 2]
+    assert [s.tolist() for s in training_sequences(data)] == [[1, 2], [1], [1, 2, 3]]
+    assert training_item_counts(data).tolist() == [0, 3, 2, 1, 0, 0]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 100])
+def test_each_target_is_scored_from_the_state_after_the_events_before_it(batch_size: int) -> None:
+    lengths = [3, 4, 9, 17, 30, 2, 55, 8]  # across several blocks of T=8; one user not evaluated
+    data = counting_dataset(lengths)
+    oracle = NextPositionOracle(ModelConfig(num_items=data.num_items, model="pop", block_len=8,
+                                            slots=2))
+    ranks = leave_one_out_ranks(oracle, data, batch_size=batch_size)
+    assert ranks["valid"].tolist() == [1] * 7 and ranks["test"].tolist() == [1] * 7
+    metrics = evaluate_model(oracle, data, batch_size=batch_size)
+    assert set(metrics) == {"valid", "test"}
+    assert all(value == 1.0 for split in metrics.values() for value in split.values())
+
+
+def _reference_ranks(model, data, exclude_seen: bool) -> dict[str, list[int]]:
+    """Step-by-step, one user at a time, ranks counted by a plain loop."""
+    ranks: dict[str, list[int]] = {"valid": [], "test": []}
+    for u in evaluation_users(data):
+        seq = data.sequences[u]
+        n = len(seq)
+        state = model.initial_state(1)
+        for t in range(n - 1):
+            logits, state = model.step(torch.tensor([int(seq[t])]), state)
+            if t in (n - 3, n - 2):
+                split, target = ("valid", int(seq[n - 2])) if t == n - 3 else ("test", int(seq[-1]))
+                scores = logits[0].tolist()
+                seen = set(seq[: t + 1].tolist()) if exclude_seen else set()
+                if target in seen:  # excluded, so it can never be recommended: the worst rank
+                    ranks[split].append(len(scores))
+                    continue
+                above = sum(1 for i, s in enumerate(scores)
+                            if i not in (0, target) and i not in seen and s >= scores[target])
+                ranks[split].append(1 + above)
+    return ranks
+
+
+@pytest.mark.parametrize("model_name,rule", [("cmnrec", "tsc"), ("srmn", "every"),
+                                             ("gru4rec", "none")])
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_batched_blockwise_ranks_equal_a_step_by_step_reference(model_name, rule,
+                                                                exclude_seen) -> None:
+    torch.manual_seed(3)
+    data = cyclic_dataset(users=9, items=12, min_len=3, max_len=27, seed=5)
+    config = ModelConfig(num_items=data.num_items, model=model_name, rule=rule, embed_dim=6,
+                         hidden_dim=8, mem_width=5, attn_dim=4, block_len=8, slots=3)
+    model = build_model(config).double().eval()
+    ranks = leave_one_out_ranks(model, data, batch_size=4, exclude_seen=exclude_seen)
+    reference = _reference_ranks(model, data, exclude_seen)
+    assert ranks["valid"].tolist() == reference["valid"]
+    assert ranks["test"].tolist() == reference["test"]
+
+
+def test_exclude_seen_never_ranks_a_seen_item_above_the_target() -> None:
+    # A user who repeats item 1 forever: popularity ranks 1 first; excluding seen items drops it.
+    data = counting_dataset([6])
+    data.sequences[0] = np.array([1, 1, 1, 1, 2, 3], dtype=np.int64)
+    pop = build_model(ModelConfig(num_items=data.num_items, model="pop"))
+    pop.fit(torch.tensor([0, 50, 10, 5, 1, 0, 0], dtype=torch.float32))
+    plain = leave_one_out_ranks(pop, data)
+    excluded = leave_one_out_ranks(pop, data, exclude_seen=True)
+    assert plain["valid"].tolist() == [2] and plain["test"].tolist() == [3]
+    assert excluded["valid"].tolist() == [1] and excluded["test"].tolist() == [1]
+
+
+def test_evaluation_leaves_the_model_in_its_mode() -> None:
+    data = cyclic_dataset(users=4, items=10, min_len=3, max_len=10)
+    model = build_model(ModelConfig(num_items=data.num_items, model="lstm4rec", embed_dim=4,
+                                    hidden_dim=4, dropout=0.5))
+    model.train()
+    first = evaluate_model(model, data)
+    assert model.training
+    assert evaluate_model(model, data) == first  # dropout is off during evaluation
