@@ -1,0 +1,127 @@
+"""Training: the block-by-block unroll, early stopping, determinism, and learning for real."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model.config import ModelConfig
+from model.network import build_model
+from tests.training.toy_data import cyclic_dataset
+from training.batching import length_sorted_batches
+from training.split import training_item_counts, training_sequences
+from training.trainer import TrainSettings, count_parameters, train_epoch, train_model
+
+TINY = dict(embed_dim=8, hidden_dim=16, mem_width=8, attn_dim=8, block_len=10, slots=3)
+
+
+def _mean_loss_step_by_step(model, sequences) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for seq in sequences:
+            state = model.initial_state(1)
+            for t in range(len(seq) - 1):
+                logits, state = model.step(torch.tensor([int(seq[t])]), state)
+                total += float(F.cross_entropy(logits, torch.tensor([int(seq[t + 1])])))
+                count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("model_name,rule", [("cmnrec", "pec"), ("lstm4rec", "none")])
+def test_blockwise_batched_loss_equals_the_step_by_step_loss(model_name, rule) -> None:
+    """Padding, length sorting, dropping finished rows and carrying the state across blocks
+    change nothing: with a frozen model the epoch loss is the per-event loss of model.step."""
+    torch.manual_seed(0)
+    data = cyclic_dataset(users=11, items=15, min_len=3, max_len=34, seed=2)
+    model = build_model(ModelConfig(num_items=data.num_items, model=model_name, rule=rule, **TINY))
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)
+    sequences = training_sequences(data)
+    lengths = np.array([len(s) for s in sequences])
+    trainable = np.flatnonzero(lengths >= 2)
+    expected = _mean_loss_step_by_step(model, [sequences[u] for u in trainable])
+    settings = TrainSettings(clip_norm=0.0)
+    for batch_size in (1, 4, 100):
+        batches = [trainable[b] for b in length_sorted_batches(lengths[trainable], batch_size)]
+        loss, targets, out_of_time = train_epoch(model, frozen, sequences, batches, settings,
+                                                 tqdm(disable=True), deadline=None)
+        assert targets == int((lengths[trainable] - 1).sum())
+        assert not out_of_time
+        assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_trained_model_clearly_beats_popularity() -> None:
+    data = cyclic_dataset(users=150, items=40, min_len=10, max_len=60, seed=1)
+    settings = TrainSettings(epochs=6, batch_size=32, lr=5e-3, seed=0, threads=1)
+    config = ModelConfig(num_items=data.num_items, model="cmnrec", rule="tsc", embed_dim=16,
+                         hidden_dim=32, mem_width=16, attn_dim=16, block_len=20, slots=4)
+    _, report = train_model(data, config, settings, progress=False)
+    _, pop = train_model(data, dataclasses.replace(config, model="pop"), settings, progress=False)
+    assert pop.epochs == 0 and pop.parameters == 0
+    assert pop.metrics["test"]["ndcg@10"] < 0.3
+    assert report.metrics["test"]["ndcg@10"] > pop.metrics["test"]["ndcg@10"] + 0.3
+    assert report.metrics["test"]["hr@10"] > 0.8
+
+
+def test_same_seed_same_model_and_metrics() -> None:
+    data = cyclic_dataset(users=30, items=20, min_len=3, max_len=25, seed=4)
+    config = ModelConfig(num_items=data.num_items, model="cmnrec", rule="exc", dropout=0.2, **TINY)
+    settings = TrainSettings(epochs=2, batch_size=8, seed=7)
+    first, first_report = train_model(data, config, settings, progress=False)
+    second, second_report = train_model(data, config, settings, progress=False)
+    assert first_report.metrics == second_report.metrics
+    assert [h["loss"] for h in first_report.history] == [h["loss"] for h in second_report.history]
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name
+    third, _ = train_model(data, config, dataclasses.replace(settings, seed=8), progress=False)
+    assert not torch.equal(first.embedding.weight, third.embedding.weight)
+
+
+def test_the_best_validation_epoch_is_kept() -> None:
+    data = cyclic_dataset(users=40, items=20, min_len=3, max_len=30, seed=6)
+    config = ModelConfig(num_items=data.num_items, model="gru4rec", **TINY)
+    settings = TrainSettings(epochs=4, batch_size=8, lr=2e-2, patience=0)
+    model, report = train_model(data, config, settings, progress=False)
+    assert report.epochs == 4 and report.stopped == "completed"
+    scores = [h["valid"]["ndcg@10"] for h in report.history]
+    assert report.best_epoch == 1 + int(np.argmax(scores))
+    assert report.metrics["valid"]["ndcg@10"] == pytest.approx(max(scores), abs=1e-12)
+    assert report.parameters == count_parameters(model) > 0
+    assert report.seconds_per_epoch > 0
+    assert all(h["events"] > 0 and h["events_per_second"] > 0 for h in report.history)
+    assert not model.training
+
+
+def test_early_stopping_and_time_budget_stop_training() -> None:
+    data = cyclic_dataset(users=20, items=15, min_len=3, max_len=20, seed=8)
+    config = ModelConfig(num_items=data.num_items, model="lstm4rec", **TINY)
+    # lr so small that validation NDCG@10 cannot improve on its first value twice in a row
+    _, stalled = train_model(data, config, TrainSettings(epochs=20, lr=1e-9, patience=2),
+                             progress=False)
+    assert stalled.stopped == "early_stopping" and stalled.epochs < 20
+    _, timed = train_model(data, config, TrainSettings(epochs=20, max_seconds=1e-6),
+                           progress=False)
+    assert timed.stopped == "max_seconds" and timed.epochs == 1
+
+
+def test_popularity_is_fitted_on_training_events_only() -> None:
+    data = cyclic_dataset(users=10, items=12, min_len=3, max_len=12, seed=9)
+    config = ModelConfig(num_items=data.num_items, model="pop")
+    model, report = train_model(data, config, TrainSettings(), progress=False)
+    expected = torch.log1p(torch.from_numpy(training_item_counts(data)).float())
+    assert torch.allclose(model.log_counts[1:], expected[1:])
+    assert report.history == [] and set(report.metrics) == {"valid", "test"}
+
+
+def test_bad_settings_and_mismatched_config_are_rejected() -> None:
+    for field, value in [("epochs", 0), ("batch_size", 0), ("lr", 0.0), ("patience", -1),
+                         ("threads", 0), ("max_seconds", 0.0)]:
+        with pytest.raises(ValueError, match=field):
+            TrainSettings(**{field: value})
+    data = cyclic_dataset(users=3, items=5)
+    with pytest.raises(ValueError, match="num_items"):
+        train_model(data, ModelConfig(num_items=99, model="gru4rec"), TrainSettings(),
+                    progress=False)

@@ -1,0 +1,226 @@
+"""Training: settings, batches, the truncated-BPTT loop, early stopping on validation NDCG@10.
+
+Each user's training history (training.split) is unrolled block by block: block b feeds events
+bT+1..(b+1)T from the state left by block b-1 (detached between blocks: truncated back-propagation
+per block) and every position predicts the next event. All users of a batch start at the initial
+state with pos 0, so the chunk schedule is anchored at each user's first event, exactly as in the
+service: the state after a user's n-th event here is the state the service holds after it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model.config import ModelConfig
+from model.network import PopularityRecommender, SequentialRecommender, build_model
+from training.batching import length_sorted_batches, pad_right
+from training.data import PAD_ID, SequenceDataset
+from training.evaluation import evaluate_model
+from training.split import training_item_counts, training_sequences
+
+EARLY_STOPPING_METRIC = "ndcg@10"  # on the validation targets
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train (not what: that is ModelConfig)."""
+
+    epochs: int = 20  # passes over every user's training history
+    batch_size: int = 64  # users per batch (one optimizer step per block of T events of a batch)
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam L2 penalty
+    seed: int = 0  # seeds weight init, dropout and batch order
+    patience: int = 5  # epochs without a better validation NDCG@10 before stopping; 0 = never
+    clip_norm: float = 5.0  # max global gradient norm per step; 0 = no clipping
+    threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    max_seconds: float | None = None  # wall-clock budget of the training loop; None = no limit
+    eval_batch_size: int = 128  # users per evaluation forward
+    deterministic: bool = True  # torch.use_deterministic_algorithms during training
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0, "patience": self.patience >= 0,
+            "clip_norm": self.clip_norm >= 0, "eval_batch_size": self.eval_batch_size >= 1,
+            "threads": self.threads is None or self.threads >= 1,
+            "max_seconds": self.max_seconds is None or self.max_seconds > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{name}: invalid value {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainReport:
+    """What happened during training, and the final evaluation of the kept weights."""
+
+    metrics: dict[str, dict[str, float]]  # {"valid": {...}, "test": {...}} of the restored best model
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    best_epoch: int = 0  # epoch whose weights were kept (0: no epoch run, e.g. popularity)
+    epochs: int = 0  # epochs run
+    seconds_per_epoch: float = 0.0  # mean wall time of the training pass of one epoch (no eval)
+    train_seconds: float = 0.0  # total wall time including per-epoch validation
+    parameters: int = 0  # trained parameters
+    stopped: str = "completed"  # completed | early_stopping | max_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def count_parameters(model: SequentialRecommender) -> int:
+    """Trained weights; the popularity model has none (only counts)."""
+    if isinstance(model, PopularityRecommender):
+        return 0
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _rows(state: Any, count: int) -> Any:
+    """The first `count` users of a batched state."""
+    return type(state)(*(f[:count] for f in state))
+
+
+def _detached(state: Any) -> Any:
+    return type(state)(*(f.detach() for f in state))
+
+
+def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
+                sequences: list[np.ndarray], batches: list[np.ndarray], settings: TrainSettings,
+                bar: tqdm, deadline: float | None) -> tuple[float, int, bool]:
+    """One pass over the batches. Returns (mean loss per target, targets seen, ran out of time)."""
+    model.train()
+    block = model.config.block_len
+    total_loss, total_targets = 0.0, 0
+    for rows in batches:
+        padded = torch.from_numpy(pad_right([sequences[r] for r in rows]))  # [B, L]
+        inputs, targets = padded[:, :-1], padded[:, 1:]  # x_t predicts x_{t+1}: [B, L-1] each
+        # Events with a next event to predict; rows come longest first (length_sorted_batches).
+        predicting = torch.tensor([len(sequences[r]) - 1 for r in rows])
+        state = model.initial_state(len(rows))
+        for start in range(0, inputs.shape[1], block):
+            active = int((predicting > start).sum())  # rows with a target in this block: a prefix
+            state = _rows(state, active)
+            x = inputs[:active, start: start + block]  # [a, t]
+            y = targets[:active, start: start + block]  # [a, t], 0 where the row has ended
+            logits, state = model(x, state)  # [a, t, I]
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                   ignore_index=PAD_ID)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm)
+            optimizer.step()
+            state = _detached(state)  # truncated back-propagation: the next block starts here
+            count = int((y != PAD_ID).sum())
+            total_loss += float(loss.detach()) * count
+            total_targets += count
+            bar.update(count)
+            bar.set_postfix(loss=f"{total_loss / max(total_targets, 1):.4f}", refresh=False)
+        if deadline is not None and time.perf_counter() > deadline:
+            return total_loss / max(total_targets, 1), total_targets, True
+    return total_loss / max(total_targets, 1), total_targets, False
+
+
+def _fit_popularity(model: PopularityRecommender, dataset: SequenceDataset,
+                    settings: TrainSettings) -> TrainReport:
+    began = time.perf_counter()
+    model.fit(torch.from_numpy(training_item_counts(dataset)))
+    fit_seconds = time.perf_counter() - began
+    metrics = evaluate_model(model, dataset, batch_size=settings.eval_batch_size)
+    return TrainReport(metrics=metrics, seconds_per_epoch=fit_seconds,
+                       train_seconds=time.perf_counter() - began, parameters=0)
+
+
+def train_model(dataset: SequenceDataset, config: ModelConfig, settings: TrainSettings,
+                progress: bool = True) -> tuple[SequentialRecommender, TrainReport]:
+    """Build the model of `config`, train it on `dataset`'s training histories, keep the epoch with
+    the best validation NDCG@10, and evaluate it (leave-one-out, full ranking).
+
+    Returns (model in eval mode with the best weights, report).
+    """
+    if config.num_items != dataset.num_items:
+        raise ValueError(f"num_items: config has {config.num_items}, data set has "
+                         f"{dataset.num_items} (including padding)")
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(settings.deterministic)
+    try:
+        model = build_model(config)
+        if isinstance(model, PopularityRecommender):
+            report = _fit_popularity(model, dataset, settings)
+            return model.eval(), report
+        report = _train_network(model, dataset, settings, rng, progress)
+        return model.eval(), report
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
+                   settings: TrainSettings, rng: np.random.Generator,
+                   progress: bool) -> TrainReport:
+    began = time.perf_counter()
+    deadline = None if settings.max_seconds is None else began + settings.max_seconds
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
+                                 weight_decay=settings.weight_decay)
+    sequences = training_sequences(dataset)
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    trainable = np.flatnonzero(lengths >= 2)  # a user needs two events for one prediction
+    if trainable.size == 0:
+        raise ValueError("dataset: no user has two training events to learn from")
+    targets_per_epoch = int((lengths[trainable] - 1).sum())
+
+    history: list[dict[str, Any]] = []
+    best_score, best_epoch, best_weights = -1.0, 0, None
+    epochs_without_gain, stopped, epoch_seconds = 0, "completed", []
+    for epoch in range(1, settings.epochs + 1):
+        batches = [trainable[b] for b in length_sorted_batches(lengths[trainable],
+                                                               settings.batch_size, rng)]
+        epoch_began = time.perf_counter()
+        with tqdm(total=targets_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", unit="ev",
+                  unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True) as bar:
+            loss, seen, out_of_time = train_epoch(model, optimizer, sequences, batches, settings,
+                                                  bar, deadline)
+        seconds = time.perf_counter() - epoch_began
+        if not out_of_time or not epoch_seconds:  # a cut-short epoch is no epoch's timing
+            epoch_seconds.append(seconds)
+        valid = evaluate_model(model, dataset, batch_size=settings.eval_batch_size)["valid"]
+        score = valid[EARLY_STOPPING_METRIC]
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch, epochs_without_gain = score, epoch, 0
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            epochs_without_gain += 1
+        history.append({"epoch": epoch, "loss": loss, "seconds": seconds, "events": seen,
+                        "events_per_second": seen / max(seconds, 1e-9), "valid": valid,
+                        "best": improved, "complete": not out_of_time})
+        if progress:
+            tqdm.write(f"epoch {epoch}: loss {loss:.4f}  valid {EARLY_STOPPING_METRIC} "
+                       f"{score:.4f}  {seen / max(seconds, 1e-9):,.0f} events/s"
+                       f"{'  (best)' if improved else ''}")
+        if out_of_time or (deadline is not None and time.perf_counter() > deadline):
+            stopped = "max_seconds"
+            break
+        if settings.patience and epochs_without_gain >= settings.patience:
+            stopped = "early_stopping"
+            break
+
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    metrics = evaluate_model(model, dataset, batch_size=settings.eval_batch_size)
+    return TrainReport(metrics=metrics, history=history, best_epoch=best_epoch,
+                       epochs=len(history), seconds_per_epoch=float(np.mean(epoch_seconds)),
+                       train_seconds=time.perf_counter() - began,
+                       parameters=count_parameters(model), stopped=stopped)
