@@ -1,0 +1,247 @@
+"""The serving step engine: an export artifact run with onnxruntime. numpy + onnxruntime, no torch.
+
+apply() takes one event for each of B different users with their state blobs and returns the new
+blobs and the next-item scores. Per call, each graph runs once on the whole batch: the controller
+for every row, the memory only for the rows whose event falls on a chunk time (so a non-chunk event
+costs one controller step and the output layer), and the output layer for every row.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from model.codec import StateCodec, read_header
+from model.config import ModelConfig
+from model.manifest import GraphSpec, Manifest
+from training.data import ItemVocab
+
+STAGES = ("decode", "controller", "memory", "output", "encode")
+
+
+@dataclass
+class StepResult:
+    """What one apply() produced, row by row in the order of the inputs."""
+
+    states: list[bytes]  # [B] new state blobs
+    scores: np.ndarray  # [B, I] float32 next-item logits (index 0 is padding: never recommend it)
+    chunk: np.ndarray  # [B] bool: the event fell on a chunk time (memory written and read)
+    positions: np.ndarray  # [B] int64: events absorbed after this event
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES)
+
+
+class _Graph:
+    """One onnxruntime session with its input names and the state fields its outputs update."""
+
+    def __init__(self, session: ort.InferenceSession, spec: GraphSpec) -> None:
+        self.session = session
+        self.inputs = [i.name for i in session.get_inputs()]
+        self.outputs = list(spec.outputs)
+        self.output_fields = spec.output_fields
+        self.calls = 0  # onnxruntime runs so far
+        if sorted(self.inputs) != sorted(spec.inputs):
+            raise ValueError(f"graph {spec.file}: inputs {self.inputs} differ from the manifest's"
+                             f" {spec.inputs}")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.calls += 1
+        return self.session.run(self.outputs, feeds)
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle pool threads would otherwise spin and steal the cores the service and Redis need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class StepEngine:
+    """The exported model's step, batched over users, with the state as bytes."""
+
+    manifest: Manifest
+    codec: StateCodec
+    version: str
+    config: ModelConfig
+    vocab: ItemVocab
+
+    def __init__(self, manifest: Manifest, sessions: dict[str, ort.InferenceSession]) -> None:
+        self.manifest = manifest
+        self.config = manifest.config
+        self.vocab = manifest.vocab
+        self.version = manifest.model_version
+        self.codec = StateCodec([f.layout() for f in manifest.state_fields], self.version)
+        self.sessions = sessions  # onnxruntime sessions by graph name
+        self._graphs = {name: _Graph(s, manifest.graphs[name]) for name, s in sessions.items()}
+        self._mask = np.asarray(manifest.chunk_mask, dtype=bool)
+        self._popularity = np.asarray(manifest.popularity_scores, dtype=np.float32)
+        self._popularity.flags.writeable = False
+        initial = {f.name: np.full((1, *f.shape), f.initial, dtype=f.dtype)
+                   for f in manifest.state_fields}
+        self._initial = self.codec.encode_batch(initial)[0]
+
+    @classmethod
+    def load(cls, artifact_dir: str | Path, *, threads: int = 1) -> "StepEngine":
+        """Open an artifact (manifest verified against its content hash) with CPU sessions."""
+        if threads < 1:
+            raise ValueError(f"threads: must be >= 1, got {threads}")
+        artifact_dir = Path(artifact_dir)
+        manifest = Manifest.load(artifact_dir)
+        options = session_options(threads)
+        sessions = {
+            name: ort.InferenceSession(str(artifact_dir / spec.file), sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+            for name, spec in manifest.graphs.items()
+        }
+        return cls(manifest, sessions)
+
+    def graph_calls(self) -> dict[str, int]:
+        """How many times each graph has run since load (one run serves a whole batch)."""
+        return {name: graph.calls for name, graph in self._graphs.items()}
+
+    @property
+    def num_items(self) -> int:
+        """Catalogue size I including the padding id 0."""
+        return self.config.num_items
+
+    # -- states ----------------------------------------------------------------------------------
+    def initial_state(self) -> bytes:
+        """The blob of a user with no events (pos 0)."""
+        return self._initial
+
+    def state_pos(self, blob: bytes) -> int:
+        """Events absorbed by a blob, from its header (works for any model version)."""
+        return read_header(blob).pos
+
+    def state_version(self, blob: bytes) -> str:
+        """The model version that made a blob, from its header."""
+        return read_header(blob).model_version
+
+    def chunk_flags(self, positions: np.ndarray) -> np.ndarray:
+        """[B] bool: whether the next event of a state with `positions` events is a chunk time."""
+        return self._mask[np.asarray(positions) % len(self._mask)]
+
+    # -- the step --------------------------------------------------------------------------------
+    def apply(self, items: Sequence[int], states: Sequence[bytes]) -> StepResult:
+        """One event per row (rows are different users). items: [B] internal ids in 1..I-1.
+
+        Raises StateVersionError for a blob of another model version, StateFormatError for a
+        corrupt one, ValueError for a bad item id or mismatched lengths.
+        """
+        clock = time.perf_counter
+        t0 = clock()
+        items = self._check_items(items, len(states))
+        arrays = self.codec.decode_batch(states)
+        chunk = self._mask[arrays["pos"] % len(self._mask)]
+        t1 = clock()
+
+        graph = self._graphs["controller"]
+        feeds = {name: arrays[name] for name in graph.inputs if name != "items"}
+        feeds["items"] = items
+        for name, value in zip(graph.output_fields, graph.run(feeds)):
+            arrays[name] = value
+        t2 = clock()
+
+        if "memory" in self._graphs and chunk.any():
+            self._memory(arrays, chunk)
+        t3 = clock()
+
+        scores = self._output(arrays)
+        t4 = clock()
+
+        blobs = self.codec.encode_batch(arrays)
+        t5 = clock()
+        timings = {"decode": t1 - t0, "controller": t2 - t1, "memory": t3 - t2,
+                   "output": t4 - t3, "encode": t5 - t4}
+        return StepResult(blobs, scores, chunk, arrays["pos"].copy(), timings)
+
+    def _memory(self, arrays: dict[str, np.ndarray], chunk: np.ndarray) -> None:
+        """Write-then-read for the chunk rows, in place in `arrays`."""
+        graph = self._graphs["memory"]
+        if chunk.all():
+            outputs = graph.run({name: arrays[name] for name in graph.inputs})
+            for name, value in zip(graph.output_fields, outputs):
+                arrays[name] = value
+            return
+        rows = np.flatnonzero(chunk)
+        outputs = graph.run({n: arrays[n][rows] for n in graph.inputs})
+        for name, value in zip(graph.output_fields, outputs):
+            target = arrays[name]
+            if not target.flags.writeable:
+                target = arrays[name] = target.copy()
+            target[rows] = value
+
+    def _output(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        graph = self._graphs["output"]
+        return graph.run({name: arrays[name] for name in graph.inputs})[0]
+
+    def scores(self, states: Sequence[bytes]) -> np.ndarray:
+        """[B, I] next-item logits from stored states, without changing them."""
+        return self._output(self.codec.decode_batch(states))
+
+    def popularity_scores(self) -> np.ndarray:
+        """[I] cold-start scores: log1p of the training count (read-only)."""
+        return self._popularity
+
+    # -- ranking ---------------------------------------------------------------------------------
+    def top_n(self, scores: np.ndarray, n: int,
+              exclude: Sequence[Iterable[int]] | None = None) -> list[list[tuple[int, float]]]:
+        """Per row, the n best (internal item id, score): score descending, ties by lower id.
+
+        scores: [B, I] (or [I]). The padding id 0 and each row's excluded ids never appear; a row
+        gets fewer than n items only when fewer are left.
+        """
+        if n < 0:
+            raise ValueError(f"n: must be >= 0, got {n}")
+        scores = np.asarray(scores, dtype=np.float32)
+        if scores.ndim == 1:
+            scores = scores[None]
+        rows, num_items = scores.shape
+        if exclude is not None and len(exclude) != rows:
+            raise ValueError(f"exclude: {len(exclude)} lists for {rows} score rows")
+        if n == 0:
+            return [[] for _ in range(rows)]
+        masked = scores.copy()
+        masked[:, 0] = -np.inf
+        if exclude is not None:
+            for row, ids in enumerate(exclude):
+                ids = np.fromiter(ids, dtype=np.int64)
+                masked[row, ids[(ids > 0) & (ids < num_items)]] = -np.inf
+        return [self._top_row(masked[row], n) for row in range(rows)]
+
+    @staticmethod
+    def _top_row(row: np.ndarray, n: int) -> list[tuple[int, float]]:
+        allowed = np.count_nonzero(row > -np.inf)
+        k = min(n, allowed)
+        if k == 0:
+            return []
+        if k < allowed:
+            best = np.argpartition(row, row.size - k)[row.size - k:]
+            candidates = np.flatnonzero(row >= row[best].min())  # every id tied at the cut-off
+        else:
+            candidates = np.flatnonzero(row > -np.inf)
+        order = np.lexsort((candidates, -row[candidates]))[:k]
+        chosen = candidates[order]
+        return list(zip(chosen.tolist(), row[chosen].tolist()))
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _check_items(self, items: Sequence[int], batch: int) -> np.ndarray:
+        items = np.asarray(items)
+        if items.ndim != 1 or items.shape[0] != batch:
+            raise ValueError(f"items: expected {batch} ids (one per state), got shape {items.shape}")
+        if batch == 0:
+            raise ValueError("items: empty batch")
+        if not np.issubdtype(items.dtype, np.integer):
+            raise ValueError(f"items: internal ids must be integers, got {items.dtype}")
+        items = items.astype(np.int64, copy=False)
+        bad = (items < 1) | (items >= self.config.num_items)
+        if bad.any():
+            raise ValueError(f"items: id {int(items[bad][0])} outside 1..{self.config.num_items - 1}")
+        return items
