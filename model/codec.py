@@ -27,13 +27,18 @@ MAGIC = b"CMNS"
 CODEC_VERSION = 1
 ALIGN = 8  # every field and the payload start on an 8-byte boundary
 HEADER = struct.Struct("<4sHHIIq")  # magic, codec version, version length, payload bytes, crc32, pos
+_CRC_POS = struct.Struct("<Iq")  # the crc32 and pos of HEADER, at byte 12
 
 
-class StateFormatError(ValueError):
+class StateError(ValueError):
+    """A state blob that cannot be fed to this model (either subclass below)."""
+
+
+class StateFormatError(StateError):
     """A blob that is not a state of this layout: truncated, corrupt, or not a CmnRec state at all."""
 
 
-class StateVersionError(ValueError):
+class StateVersionError(StateError):
     """A well-formed state made by another model version (or codec version): rebuild it, never feed it."""
 
     def __init__(self, expected: str, found: str, detail: str = "") -> None:
@@ -119,10 +124,28 @@ class StateCodec:
         self.payload_start = HEADER.size + _round_up(len(version_bytes))
         self.blob_bytes = self.payload_start + payload
         self._dtypes = {f.name: np.dtype(f.dtype).newbyteorder("<") for f in computed}
-        self._pos = computed[names.index("pos")]
         self._version_block = version_bytes.ljust(self.payload_start - HEADER.size, b"\0")
+        # Fast paths for one user: a valid blob starts with these bytes (crc32 and pos aside)
+        # and each field is a slice of the payload viewed as its dtype.
+        self._prefix = struct.pack("<4sHHI", MAGIC, CODEC_VERSION, len(version_bytes), payload)
+        self._slices = [(f.name, self._dtypes[f.name], f.offset // self._dtypes[f.name].itemsize,
+                         (f.offset + f.nbytes) // self._dtypes[f.name].itemsize, f.shape)
+                        for f in computed]
+        self._padding = [(f.name, self._dtypes[f.name], (1, *f.shape),
+                          b"\0" * (_round_up(f.offset + f.nbytes) - f.offset - f.nbytes))
+                         for f in computed]
 
     # -- header -------------------------------------------------------------------------------------
+    def check_fast(self, blob: bytes) -> int:
+        """Validate a blob for this codec; returns its header pos. Same errors as `check`."""
+        start = self.payload_start
+        if (len(blob) == self.blob_bytes and blob[:12] == self._prefix
+                and blob[HEADER.size:start] == self._version_block):
+            crc, pos = _CRC_POS.unpack_from(blob, 12)
+            if zlib.crc32(memoryview(blob)[start:]) == crc:
+                return pos
+        return self.check(blob).pos  # raises the precise error
+
     def check(self, blob: bytes) -> BlobHeader:
         """Validate a blob for this codec: magic, versions, length, crc32. Returns its header."""
         header = read_header(blob)
@@ -153,14 +176,19 @@ class StateCodec:
 
     def decode(self, blob: bytes) -> dict[str, np.ndarray]:
         """blob -> {field: array without batch axis}. Arrays are read-only views into the blob."""
-        header = self.check(blob)
-        start = self.payload_start
+        return self._views(blob, ())
+
+    def _views(self, blob: bytes, lead: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """Validated read-only field views of one blob, each shaped lead + field shape."""
+        pos = self.check_fast(blob)
+        whole: dict[np.dtype, np.ndarray] = {}
         out = {}
-        for f in self.fields:
-            dtype = self._dtypes[f.name]
-            count = f.nbytes // dtype.itemsize
-            out[f.name] = np.frombuffer(blob, dtype, count, start + f.offset).reshape(f.shape)
-        if int(out["pos"]) != header.pos:
+        for name, dtype, begin, end, shape in self._slices:
+            payload = whole.get(dtype)
+            if payload is None:
+                payload = whole[dtype] = np.frombuffer(blob, dtype, offset=self.payload_start)
+            out[name] = payload[begin:end].reshape(lead + shape)
+        if int(out["pos"].reshape(())) != pos:
             raise StateFormatError("state blob is corrupt (header pos differs from the pos field)")
         return out
 
@@ -170,6 +198,8 @@ class StateCodec:
         arrays = self._as_mapping(arrays)
         pos = np.asarray(arrays["pos"])
         batch = pos.shape[0] if pos.ndim else 1
+        if batch == 1 and pos.ndim == 1:
+            return [self._encode_one(arrays)]
         buffer = np.zeros((batch, self.blob_bytes), dtype=np.uint8)
         start = self.payload_start
         for f in self.fields:
@@ -194,10 +224,10 @@ class StateCodec:
     def decode_batch(self, blobs: Sequence[bytes]) -> dict[str, np.ndarray]:
         """B blobs -> {field: [B, ...] array}. Read-only views for B == 1, fresh arrays otherwise."""
         if len(blobs) == 1:
-            return {name: value[None] for name, value in self.decode(blobs[0]).items()}
+            return self._views(blobs[0], (1,))
         if not blobs:
             raise ValueError("decode_batch: no blobs")
-        header_pos = np.array([self.check(b).pos for b in blobs], dtype=np.int64)
+        header_pos = np.array([self.check_fast(b) for b in blobs], dtype=np.int64)
         matrix = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), self.blob_bytes)
         start = self.payload_start
         out = {}
@@ -208,6 +238,24 @@ class StateCodec:
         if not np.array_equal(out["pos"], header_pos):
             raise StateFormatError("state blob is corrupt (header pos differs from the pos field)")
         return out
+
+    def _encode_one(self, arrays: Mapping[str, Any]) -> bytes:
+        """encode_batch for B == 1 without the [B, bytes] staging buffer."""
+        parts = []
+        for name, dtype, shape, padding in self._padding:
+            if name not in arrays:
+                raise ValueError(f"state: missing field {name!r}")
+            value = np.asarray(arrays[name])
+            if value.shape != shape:
+                raise ValueError(f"state field {name!r}: shape {value.shape}, expected {shape}")
+            parts.append(value.astype(dtype, copy=False).tobytes())
+            if padding:
+                parts.append(padding)
+        payload = b"".join(parts)
+        pos = int(np.asarray(arrays["pos"]).reshape(()))
+        header = HEADER.pack(MAGIC, CODEC_VERSION, len(self.model_version), self.payload_bytes,
+                             zlib.crc32(payload), pos)
+        return b"".join((header, self._version_block, payload))
 
     # -- helpers -------------------------------------------------------------------------------------
     @staticmethod

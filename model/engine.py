@@ -15,12 +15,16 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from model.codec import StateCodec, read_header
+from model.codec import (StateCodec, StateError, StateFormatError, StateVersionError,
+                         read_header)
 from model.config import ModelConfig
 from model.manifest import GraphSpec, Manifest
 from training.data import ItemVocab
 
 STAGES = ("decode", "controller", "memory", "output", "encode")
+
+__all__ = ["STAGES", "StateError", "StateFormatError", "StateVersionError", "StepEngine",
+           "StepResult"]
 
 
 @dataclass
@@ -149,9 +153,10 @@ class StepEngine:
             arrays[name] = value
         t2 = clock()
 
+        t3 = t2  # a stage that does not run takes exactly 0.0 s
         if "memory" in self._graphs and chunk.any():
             self._memory(arrays, chunk)
-        t3 = clock()
+            t3 = clock()
 
         scores = self._output(arrays)
         t4 = clock()

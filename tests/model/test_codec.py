@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from model.codec import (CODEC_VERSION, HEADER, MAGIC, StateCodec, StateFormatError,
-                         StateVersionError, layout_fields, read_header)
+from model.codec import (CODEC_VERSION, HEADER, MAGIC, StateCodec, StateError,
+                         StateFormatError, StateVersionError, layout_fields, read_header)
 from model.config import ModelConfig
 from model.state import state_fields
 
@@ -117,6 +117,7 @@ def test_other_model_version_raises_version_error(codec: StateCodec) -> None:
     with pytest.raises(StateVersionError):
         codec.decode_batch([codec.encode(random_state(np.random.default_rng(6), 1)), blob])
     assert codec.pos(blob) == 3  # the header still reads, so the caller can rebuild
+    assert isinstance(info.value, StateError) and not isinstance(info.value, StateFormatError)
     # a layout of another model (other shapes) with another version is a version error too
     small = ModelConfig(num_items=20, model="lstm4rec", hidden_dim=3)
     lstm = StateCodec(state_fields(small), "aaaaaaaaaaaaaaaa")

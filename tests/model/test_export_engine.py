@@ -139,8 +139,7 @@ def test_memory_graph_runs_only_at_chunk_times(variant: str, exported) -> None:
         assert after["memory"] - before["memory"] == int(chunk)
         assert after["controller"] - before["controller"] == 1
         assert after["output"] - before["output"] == 1
-        if not chunk:
-            assert result.timings["memory"] < result.timings["controller"]
+        assert (result.timings["memory"] > 0.0) == chunk  # 0.0 exactly when it did not run
     assert set(result.timings) == {"decode", "controller", "memory", "output", "encode"}
     # a batch with some chunk rows still runs the memory graph once, for those rows only
     if config.rule != "every":
@@ -157,7 +156,7 @@ def test_rnn_artifacts_have_no_memory_graph(exported) -> None:
         engine = StepEngine.load(exported[variant][1])
         assert "memory" not in engine.graph_calls()
         result = engine.apply([3], [engine.initial_state()])
-        assert result.timings["memory"] < 1e-3 and not result.chunk.any()
+        assert result.timings["memory"] == 0.0 and not result.chunk.any()
 
 
 def test_manifest_content(exported) -> None:
