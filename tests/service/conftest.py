@@ -1,0 +1,48 @@
+"""Fixtures of the service tests: tiny exported models, their engines, settings per test."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model.engine import StepEngine
+from service.settings import Settings
+from tests.service.helpers import make_artifact
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight CmnRec (TSC, T=5, M=2) exports: 'main' and 'other' (other weights, so
+    another model version)."""
+    root = tmp_path_factory.mktemp("service-artifacts")
+    return {"main": make_artifact(root, "main", seed=0),
+            "other": make_artifact(root, "other", seed=1)}
+
+
+@pytest.fixture(scope="session")
+def engine(artifacts: dict[str, Path]) -> StepEngine:
+    return StepEngine.load(artifacts["main"])
+
+
+@pytest.fixture(scope="session")
+def other_engine(artifacts: dict[str, Path]) -> StepEngine:
+    return StepEngine.load(artifacts["other"])
+
+
+@pytest.fixture
+def make_settings(redis_url: str, key_prefix: str, artifacts: dict[str, Path]) -> Any:
+    """Settings for this test's Redis prefix; keyword arguments override fields."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = dict(artifact_dir=artifacts["main"], redis_url=redis_url,
+                                      key_prefix=key_prefix)
+        values.update(overrides)
+        return Settings(**values)
+
+    return build
