@@ -54,8 +54,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
     out = {}
     for seed, (name, (model, rule)) in enumerate(VARIANTS.items()):
         torch.manual_seed(seed)
-        run_dir = save_run(root / "runs" / name, build_model(tiny_config(model, rule)), vocab,
-                           item_counts(), {"seed": seed}).parent
+        network = build_model(tiny_config(model, rule)).float()  # whatever the default dtype
+        run_dir = save_run(root / "runs" / name, network, vocab, item_counts(),
+                           {"seed": seed}).parent
         out[name] = (run_dir, export_run(run_dir, root / "artifacts" / name))
     return out
 
@@ -63,7 +64,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
 def torch_model(run_dir: Path) -> torch.nn.Module:
     from training.checkpoint import load_run
 
-    return load_run(run_dir).model
+    return load_run(run_dir).model.float()  # the float32 reference the graphs must match
 
 
 def events(seed: int, length: int = EVENTS) -> list[int]:
