@@ -1,8 +1,16 @@
+import pytest
 import torch
 
 from model import addressing
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_by_default():
+    """These hand cases are written with plain literals; compute them in float64, then restore."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def test_allocation_goes_to_the_free_slot():
