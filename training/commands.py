@@ -1,16 +1,253 @@
-"""TEMPORARY STUB: the owning helper replaces this file."""
-def train() -> None:
-    """stub"""
-    raise SystemExit("train is not built yet")
+"""`cmnrec train`, `cmnrec evaluate`, `cmnrec predict`.
+
+Plain functions with typer options; training/cli.py registers them. Torch and the training modules
+are imported inside the function bodies, because training/cli.py is imported by the torch-free
+serving install.
+"""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from training.data import SequenceDataset
 
 
-def evaluate() -> None:
-    """stub"""
-    raise SystemExit("evaluate is not built yet")
+class ModelName(str, Enum):
+    cmnrec = "cmnrec"
+    srmn = "srmn"
+    lstm4rec = "lstm4rec"
+    gru4rec = "gru4rec"
+    pop = "pop"
 
 
-def predict() -> None:
-    """stub"""
-    raise SystemExit("predict is not built yet")
+class ChunkRule(str, Enum):
+    pec = "pec"
+    tsc = "tsc"
+    exc = "exc"
 
 
+BUILTIN_DATASETS = ("ml-100k", "synthetic")
+
+# ModelConfig / TrainSettings field -> the CLI option that sets it (for error messages).
+_OPTION_OF_FIELD = {
+    "num_items": "--dataset", "model": "--model", "rule": "--rule", "embed_dim": "--embed-dim",
+    "hidden_dim": "--hidden-dim", "mem_width": "--mem-width", "read_heads": "--read-heads",
+    "attn_dim": "--attn-dim", "block_len": "--block-len", "slots": "--slots",
+    "out_dim": "--out-dim", "dropout": "--dropout", "epochs": "--epochs",
+    "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
+    "patience": "--patience", "clip_norm": "--clip-norm", "threads": "--threads",
+    "max_seconds": "--max-seconds", "eval_batch_size": "--eval-batch-size", "seed": "--seed",
+}
+
+
+def _bad_option(error: ValueError) -> typer.BadParameter:
+    """Turn a config ValueError ("field: reason") into a CLI error naming the option."""
+    message = str(error)
+    field = message.split(":", 1)[0].strip()
+    return typer.BadParameter(message, param_hint=_OPTION_OF_FIELD.get(field, "option"))
+
+
+def load_dataset_source(source: str, min_item_freq: int = 1, seed: int = 0,
+                        cache_dir: Optional[Path] = None) -> "SequenceDataset":
+    """The data set named by --dataset: "ml-100k", "synthetic" (generated with `seed`) or a file.
+
+    Errors name the option: typer.BadParameter with param_hint --dataset.
+    """
+    from training.dataset_errors import DatasetError
+
+    try:
+        if source == "synthetic":
+            from training.remap import filter_min_item_freq
+            from training.synthetic import synthetic_dataset
+
+            return filter_min_item_freq(synthetic_dataset(seed=seed), min_item_freq)
+        from training.loaders import load_dataset
+
+        return load_dataset(source, min_item_freq=min_item_freq, cache_dir=cache_dir)
+    except (DatasetError, OSError, ValueError, KeyError) as error:
+        raise typer.BadParameter(str(error), param_hint="--dataset") from error
+
+
+def metrics_table(metrics: dict[str, dict[str, float]], title: str) -> Table:
+    """A rich table: one row per metric (HR/NDCG/MRR at 5, 10, 20), one column per split."""
+    from training.metrics import metric_keys
+
+    table = Table(title=title)
+    table.add_column("metric")
+    splits = [s for s in ("valid", "test") if s in metrics]
+    for split in splits:
+        table.add_column(split, justify="right")
+    for key in metric_keys():
+        table.add_row(key.upper(), *(f"{metrics[s][key]:.4f}" for s in splits))
+    return table
+
+
+def train(
+    dataset: str = typer.Option("ml-100k", help="ml-100k, synthetic, or a path to u.data, "
+                                "ratings.dat, ratings.csv or a user,item,timestamp CSV"),
+    model: ModelName = typer.Option(ModelName.cmnrec, help="network to train"),
+    rule: ChunkRule = typer.Option(ChunkRule.tsc, help="chunk rule of cmnrec (srmn writes memory "
+                                   "at every event; the RNNs and pop have none)"),
+    slots: int = typer.Option(4, help="[M] chunks per block = memory slots N"),
+    block_len: int = typer.Option(50, help="[T] events per block"),
+    embed_dim: int = typer.Option(128, help="[k] item embedding size"),
+    hidden_dim: int = typer.Option(256, help="[H] controller size"),
+    mem_width: int = typer.Option(256, help="[W] memory slot width"),
+    read_heads: int = typer.Option(1, help="[R] DNC read heads"),
+    attn_dim: int = typer.Option(64, help="[b] chunk attention size"),
+    out_dim: Optional[int] = typer.Option(None, help="projection size before the item scores "
+                                          "(default: embed-dim)"),
+    dropout: float = typer.Option(0.0, help="dropout on the embedding and the output projection"),
+    epochs: int = typer.Option(20, help="maximum number of epochs"),
+    batch_size: int = typer.Option(64, help="users per batch"),
+    lr: float = typer.Option(1e-3, help="Adam learning rate"),
+    weight_decay: float = typer.Option(0.0, help="Adam L2 penalty"),
+    patience: int = typer.Option(5, help="epochs without a better validation NDCG@10 before "
+                                 "stopping (0: never stop early)"),
+    clip_norm: float = typer.Option(5.0, help="gradient norm clip (0: off)"),
+    seed: int = typer.Option(0, help="random seed (weights, dropout, batch order, synthetic data)"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's)"),
+    max_seconds: Optional[float] = typer.Option(None, help="wall-clock budget for training"),
+    min_item_freq: int = typer.Option(1, help="drop items with fewer interactions"),
+    eval_batch_size: int = typer.Option(128, help="users per evaluation forward"),
+    cache_dir: Optional[Path] = typer.Option(None, help="download cache for ml-100k"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/DATASET-MODEL)"),
+    progress: bool = typer.Option(True, help="show the progress bar"),
+) -> None:
+    """Train a model, evaluate it (leave-one-out, full ranking) and write a run directory."""
+    from model.config import ModelConfig
+    from training.checkpoint import save_run, write_metrics
+    from training.split import evaluation_users
+    from training.trainer import TrainSettings, train_model
+
+    if min_item_freq < 1:
+        raise typer.BadParameter(f"must be >= 1, got {min_item_freq}", param_hint="--min-item-freq")
+    try:
+        settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr,
+                                 weight_decay=weight_decay, seed=seed, patience=patience,
+                                 clip_norm=clip_norm, threads=threads, max_seconds=max_seconds,
+                                 eval_batch_size=eval_batch_size)
+    except ValueError as error:
+        raise _bad_option(error) from error
+    data = load_dataset_source(dataset, min_item_freq=min_item_freq, seed=seed, cache_dir=cache_dir)
+    try:
+        config = ModelConfig(num_items=data.num_items, model=model.value, rule=rule.value,
+                             embed_dim=embed_dim, hidden_dim=hidden_dim, mem_width=mem_width,
+                             read_heads=read_heads, attn_dim=attn_dim, block_len=block_len,
+                             slots=slots, out_dim=out_dim, dropout=dropout)
+    except ValueError as error:
+        raise _bad_option(error) from error
+    if out is None:
+        suffix = f"-{config.rule}" if config.model == "cmnrec" else ""
+        out = Path("runs") / f"{data.name}-{config.model}{suffix}"
+
+    console = Console()
+    console.print(f"[bold]{config.model}[/] ({config.rule}) on {data.name}: {len(data.users)} "
+                  f"users, {data.num_items - 1} items, {data.num_interactions} interactions")
+    try:
+        net, report = train_model(data, config, settings, progress=progress)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--dataset") from error
+
+    dataset_info = {"source": dataset, "name": data.name, "min_item_freq": min_item_freq,
+                    "seed": seed, "users": len(data.users), "items": data.num_items - 1,
+                    "interactions": data.num_interactions,
+                    "eval_users": int(len(evaluation_users(data)))}
+    save_run(out, net, data.vocab, data.item_counts(),
+             extra={"dataset": dataset_info, "settings": settings.to_dict(),
+                    "metrics": report.metrics})
+    metrics: dict[str, Any] = {
+        "valid": report.metrics["valid"], "test": report.metrics["test"],
+        "seconds_per_epoch": report.seconds_per_epoch, "epochs": report.epochs,
+        "parameters": report.parameters, "best_epoch": report.best_epoch,
+        "stopped": report.stopped, "train_seconds": report.train_seconds,
+        "history": report.history, "config": config.to_dict(), "settings": settings.to_dict(),
+        "dataset": dataset_info, "exclude_seen": False,
+    }
+    write_metrics(out, metrics)
+    console.print(metrics_table(report.metrics, f"{config.model} on {data.name} "
+                                f"(leave-one-out, full ranking)"))
+    console.print(f"{report.epochs} epochs ({report.stopped}, best {report.best_epoch}), "
+                  f"{report.seconds_per_epoch:.2f} s/epoch, {report.parameters:,} parameters")
+    console.print(f"wrote {out / 'checkpoint.pt'} and {out / 'metrics.json'}")
+
+
+def evaluate(
+    run: Path = typer.Option(..., help="run directory written by cmnrec train"),
+    exclude_seen: bool = typer.Option(False, help="never rank items the user has already seen"),
+    json_output: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    dataset: Optional[str] = typer.Option(None, help="evaluate on another data set (default: the "
+                                          "run's); items the run does not know are dropped"),
+    batch_size: int = typer.Option(128, help="users per evaluation forward"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    cache_dir: Optional[Path] = typer.Option(None, help="download cache for ml-100k"),
+) -> None:
+    """Re-evaluate a run's checkpoint (leave-one-out by time, full ranking, HR/NDCG/MRR@5/10/20)."""
+    import torch
+
+    from training.checkpoint import load_run
+    from training.evaluation import evaluate_model
+    from training.remap import align_to_vocab
+    from training.split import evaluation_users
+
+    if batch_size < 1:
+        raise typer.BadParameter(f"must be >= 1, got {batch_size}", param_hint="--batch-size")
+    if threads is not None:
+        if threads < 1:
+            raise typer.BadParameter(f"must be >= 1, got {threads}", param_hint="--threads")
+        torch.set_num_threads(threads)
+    try:
+        loaded = load_run(run)
+    except FileNotFoundError as error:
+        raise typer.BadParameter(str(error), param_hint="--run") from error
+    recipe = dict(loaded.extra.get("dataset") or {})
+    source = dataset or recipe.get("source")
+    if source is None:
+        raise typer.BadParameter("the run does not say which data set it was trained on; "
+                                 "pass --dataset", param_hint="--run")
+    data = load_dataset_source(source, min_item_freq=int(recipe.get("min_item_freq", 1)),
+                               seed=int(recipe.get("seed", 0)), cache_dir=cache_dir)
+    data = align_to_vocab(data, loaded.vocab)
+    metrics = evaluate_model(loaded.model, data, batch_size=batch_size, exclude_seen=exclude_seen)
+    if json_output:
+        typer.echo(json.dumps({**metrics, "exclude_seen": exclude_seen, "dataset": source,
+                               "eval_users": int(len(evaluation_users(data)))}, indent=2))
+        return
+    seen = ", seen items excluded" if exclude_seen else ""
+    Console().print(metrics_table(metrics, f"{loaded.config.model} on {data.name} "
+                                  f"(leave-one-out, full ranking{seen})"))
+
+
+def predict(
+    run: Path = typer.Option(..., help="run directory written by cmnrec train"),
+    items: str = typer.Option(..., help="comma-separated external item ids, oldest first"),
+    n: int = typer.Option(10, help="number of recommendations"),
+    exclude_seen: bool = typer.Option(False, help="drop the items of --items"),
+) -> None:
+    """Print the top-n next items after a sequence of items as JSON."""
+    from training.checkpoint import load_run
+    from training.predict import UnknownItemError, recommend
+
+    if n < 1:
+        raise typer.BadParameter(f"must be >= 1, got {n}", param_hint="--n")
+    sequence = [part.strip() for part in items.split(",")]
+    if not items.strip() or any(not part for part in sequence):
+        raise typer.BadParameter(f"expected comma-separated item ids, got {items!r}",
+                                 param_hint="--items")
+    try:
+        loaded = load_run(run)
+    except FileNotFoundError as error:
+        raise typer.BadParameter(str(error), param_hint="--run") from error
+    try:
+        recommendations = recommend(loaded, None, sequence, n=n, exclude_seen=exclude_seen)
+    except UnknownItemError as error:
+        raise typer.BadParameter(f"unknown item id {error.item_id!r} (not in the run's item "
+                                 f"vocabulary)", param_hint="--items") from error
+    typer.echo(json.dumps({"recommendations": recommendations}))
