@@ -122,6 +122,8 @@ def write_interactions(dataset: SequenceDataset, path: str | Path, fmt: str | No
         "csv": (",", "user_id,item_id,timestamp", False),
         "tsv": ("\t", "user_id\titem_id\ttimestamp", False),
     }[fmt]
+    if dataset.num_interactions == 0:
+        raise ValueError(f"{dataset.name}: no events to write")
     user_index = np.concatenate([np.full(len(s), u, dtype=np.int64) for u, s in enumerate(dataset.sequences)])
     items = np.concatenate(dataset.sequences) if dataset.sequences else np.zeros(0, dtype=np.int64)
     if dataset.timestamps is not None:
