@@ -2,7 +2,7 @@
 
 Writes a `userId,movieId,rating,timestamp` file with ML-20M's size (20,000,263 ratings, 138,493 users,
 26,744 movies; users in order, as in the real file) into a temporary folder, then times:
-- load_dataset on it (numpy reader for integer ids),
+- load_dataset on it (numpy reader for integer ids), and its two stages separately,
 - the line-by-line reader (string ids, quotes, dates take this path) on the first `--line-rows` rows,
 - MovieLens-100k from the cached recbole wheel.
 Prints the figures and saves them to bench/results/load_speed.json.
@@ -64,6 +64,11 @@ def main() -> None:
         figures["load_dataset_rows_per_s"] = round(args.rows / seconds)
         figures["users"], figures["items"] = len(dataset.users), dataset.num_items - 1
         del dataset
+        raw, seconds = timed(lambda: read_interactions(lambda: open(path, "rb"), str(path), path.name))
+        figures["of_which_numpy_reader_s"] = round(seconds, 2)
+        _, seconds = timed(lambda: build_dataset("ratings", raw))
+        figures["of_which_build_s"] = round(seconds, 2)
+        del raw
         small = Path(folder) / "small.csv"
         with open(path) as source, open(small, "w") as target:
             for _, line in zip(range(args.line_rows + 1), source):

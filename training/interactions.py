@@ -274,11 +274,25 @@ def _read_integer_ids(stream: TextIO, layout: Layout, first_line_no: int,
             parts.append(table)
         line_no += lines_in_block
     table = np.concatenate(parts) if parts else np.zeros(0, dtype=_INTEGER_FIELDS)
-    user_ids, user_codes = np.unique(table["user"], return_inverse=True)
-    item_ids, item_codes = np.unique(table["item"], return_inverse=True)
-    return RawInteractions(users=[str(u) for u in user_ids.tolist()], user_codes=user_codes.astype(np.int64),
-                           items=[str(i) for i in item_ids.tolist()], item_codes=item_codes.astype(np.int64),
+    user_ids, user_codes = _integer_codes(table["user"])
+    item_ids, item_codes = _integer_codes(table["item"])
+    return RawInteractions(users=[str(u) for u in user_ids.tolist()], user_codes=user_codes,
+                           items=[str(i) for i in item_ids.tolist()], item_codes=item_codes,
                            timestamps=np.ascontiguousarray(table["time"], dtype=np.float64))
+
+
+def _integer_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, [E] int64 index of each value among them) for non-negative integer ids.
+
+    A lookup table over 0..max when the ids are not much sparser than the events (MovieLens ids are
+    dense): linear time, where np.unique's sort of 20M ids takes seconds."""
+    if len(values) and values.max() < 4 * len(values) + (1 << 20):
+        seen = np.zeros(int(values.max()) + 1, dtype=bool)
+        seen[values] = True
+        code_of = np.cumsum(seen, dtype=np.int64) - 1
+        return np.flatnonzero(seen), code_of[values]
+    distinct, codes = np.unique(values, return_inverse=True)
+    return distinct, codes.astype(np.int64).reshape(-1)
 
 
 def _not_plain(text: str, delimiter: str) -> bool:

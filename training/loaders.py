@@ -28,7 +28,7 @@ from training.interactions import ColumnSpec, RawInteractions, read_interactions
 from training.movielens import read_ml100k
 from training.titles import titles_beside
 
-__all__ = ["load_dataset", "build_dataset", "write_interactions", "natural_key", "DatasetError",
+__all__ = ["load_dataset", "build_dataset", "write_interactions", "natural_key", "chronological_order", "DatasetError",
            "DataFormatError", "DatasetNotFoundError", "UnknownDatasetError", "KNOWN_DATASETS"]
 
 KNOWN_DATASETS = ("ml-100k",)
@@ -80,8 +80,7 @@ def build_dataset(name: str, raw: RawInteractions, titles: dict[str, str] | None
     user_ids, user_rank = _ranked(raw.users, user_codes)
     internal = item_rank[item_codes] + 1  # 0 is padding
     users = user_rank[user_codes]
-    order = np.argsort(times, kind="stable")
-    order = order[np.argsort(users[order], kind="stable")]
+    order = chronological_order(users, times)
     ends = np.cumsum(np.bincount(users, minlength=len(user_ids))).tolist()
     spans = list(zip([0, *ends[:-1]], ends))
     items_in_order = internal[order].astype(np.int64)
@@ -91,6 +90,27 @@ def build_dataset(name: str, raw: RawInteractions, titles: dict[str, str] | None
                            sequences=[items_in_order[a:b] for a, b in spans],
                            vocab=ItemVocab.from_items(item_ids, kept_titles),
                            timestamps=[times_in_order[a:b] for a, b in spans])
+
+
+def chronological_order(users: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """[E] order of events grouped by user (ascending user index), each user's events by time, equal
+    times in their original order: a stable sort by (user, time).
+
+    users: [E] int64 user index >= 0; times: [E] float64. Sorting unique int64 keys (value * E + original
+    position) with numpy's default sort gives the same order as kind="stable" several times faster.
+    """
+    count = len(times)
+    position = np.arange(count, dtype=np.int64)
+    if count == 0:
+        return position
+    span = float(times.max() - times.min())
+    if np.array_equal(np.floor(times), times) and (span + 1) * count < 2**62:
+        by_time = np.argsort((times - times.min()).astype(np.int64) * count + position)
+    else:
+        by_time = np.argsort(times, kind="stable")
+    if (int(users.max()) + 1) * count < 2**62:
+        return by_time[np.argsort(users[by_time] * count + position)]
+    return by_time[np.argsort(users[by_time], kind="stable")]
 
 
 def natural_key(external_id: str) -> tuple[tuple[str | int, ...], str]:

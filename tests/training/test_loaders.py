@@ -13,7 +13,7 @@ import pytest
 import training.interactions as interactions
 from training.dataset_errors import (DataFormatError, DatasetChecksumError, DatasetDownloadError,
                                      DatasetNotFoundError, UnknownDatasetError)
-from training.loaders import build_dataset, load_dataset, natural_key, write_interactions
+from training.loaders import build_dataset, chronological_order, load_dataset, natural_key, write_interactions
 from training.movielens import CACHE_ENV, RECBOLE_WHEEL, cache_directory, fetch_recbole_wheel
 from training.synthetic import synthetic_dataset
 
@@ -242,6 +242,15 @@ def test_numpy_reader_takes_plain_integer_blocks_and_leaves_the_rest():
     for text in ("1,007,4,100\n", "007,1,4,100\n", "1,+7,4,100\n", '1,"7",4,100\n', "1, 7,4,100\n",
                  "1,-7,4,100\n", "1,x7,4,100\n", "1,7,4,2024-01-01\n"):
         assert interactions._read_integer_ids(io.StringIO(text), layout, 1, "x") is None, text
+
+
+@pytest.mark.parametrize("integral", [True, False])
+def test_chronological_order_is_a_stable_sort_by_user_then_time(integral):
+    rng = np.random.default_rng(11)
+    users = rng.integers(0, 30, 4000)
+    times = rng.integers(0, 50, 4000).astype(np.float64) + (0 if integral else 0.25 * rng.integers(0, 2, 4000))
+    assert np.array_equal(chronological_order(users, times), np.lexsort((np.arange(4000), times, users)))
+    assert chronological_order(np.zeros(0, np.int64), np.zeros(0)).tolist() == []
 
 
 @pytest.mark.parametrize("fmt", ["u.data", "ratings.dat", "ratings.csv", "inter", "csv", "tsv"])
