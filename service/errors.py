@@ -92,6 +92,9 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
         ctx = first.get("ctx") or {}
         message = f"request body is not valid JSON: {ctx.get('error', first.get('msg', ''))}"
         field = "body"
+    elif tuple(first.get("loc", ())) == ("body",):
+        message = ("request body: expected a JSON object (Content-Type: application/json); "
+                   f"{first.get('msg', 'invalid')}")
     else:
         message = f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg"))
         if len(errors) > 1:
@@ -106,10 +109,12 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"no route {request.method} {request.url.path}"
     elif exc.status_code == 405:
         code, message = ErrorCode.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here"
-    else:  # Starlette's own 4xx (e.g. a body it cannot read)
+    elif exc.status_code == 400:  # FastAPI could not parse the body (e.g. JSON nested too deep)
+        code, message = ErrorCode.MALFORMED_JSON, f"request body: {exc.detail}"
+    else:
         code, message = ErrorCode.VALIDATION_ERROR, str(exc.detail)
-    response = error_response(code, message)
-    if exc.status_code not in (404, 405):
+    response = error_response(code, message, "body" if code == ErrorCode.MALFORMED_JSON else None)
+    if exc.status_code not in (400, 404, 405):
         response.status_code = exc.status_code
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value

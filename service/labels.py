@@ -13,8 +13,9 @@ class Route(str, Enum):
 
     EVENTS = "/v1/events"
     EVENTS_BATCH = "/v1/events/batch"
-    USER_RECOMMENDATIONS = "/v1/users/{user_id}/recommendations"
-    USER = "/v1/users/{user_id}"
+    # `:path` lets a user id hold a "/" (sent as %2F, which ASGI servers decode before routing)
+    USER_RECOMMENDATIONS = "/v1/users/{user_id:path}/recommendations"
+    USER = "/v1/users/{user_id:path}"
     MODEL = "/v1/model"
     HEALTHZ = "/healthz"
     READYZ = "/readyz"
@@ -27,6 +28,15 @@ class Method(str, Enum):
     POST = "POST"
     DELETE = "DELETE"
     OTHER = "OTHER"
+
+
+# The method(s) each route answers; these pairs are the request-latency series created up front.
+ROUTE_METHODS: dict[Route, tuple[Method, ...]] = {
+    Route.EVENTS: (Method.POST,), Route.EVENTS_BATCH: (Method.POST,),
+    Route.USER_RECOMMENDATIONS: (Method.GET,), Route.USER: (Method.DELETE,),
+    Route.MODEL: (Method.GET,), Route.HEALTHZ: (Method.GET,), Route.READYZ: (Method.GET,),
+    Route.METRICS: (Method.GET,), Route.OTHER: (Method.GET,),
+}
 
 
 class Stage(str, Enum):

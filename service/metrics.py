@@ -12,7 +12,8 @@ import os
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest, multiprocess)
 
-from service.labels import DeadLetterReason, ErrorCode, EventOutcome, Method, RebuildReason, Route, Stage
+from service.labels import (ROUTE_METHODS, DeadLetterReason, ErrorCode, EventOutcome,
+                            RebuildReason, Stage)
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0, 10.0)
@@ -51,8 +52,8 @@ ERRORS_TOTAL = Counter(
 
 def _create_label_values() -> None:
     """Create every label combination, so series exist (at 0) before their first event."""
-    for route in Route:
-        for method in Method:
+    for route, methods in ROUTE_METHODS.items():
+        for method in methods:
             REQUEST_LATENCY_SECONDS.labels(route.value, method.value)
     for stage in Stage:
         STAGE_LATENCY_SECONDS.labels(stage.value)

@@ -98,15 +98,17 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 class EmbeddedRedis:
-    """A private redis-server on 127.0.0.1:<free port>, no persistence; a context manager.
+    """A private redis-server on 127.0.0.1:<free port> (or `port`), no persistence; a context
+    manager.
 
     Usage: `with EmbeddedRedis() as server: use(server.url)`. `start()`/`stop()` work too;
     `stop()` is idempotent and waits for the process.
     """
 
-    def __init__(self, binary: str | os.PathLike[str] | None = None, *,
+    def __init__(self, binary: str | os.PathLike[str] | None = None, *, port: int | None = None,
                  startup_timeout: float = 10.0, attempts: int = 5) -> None:
         self.binary = find_redis_server(binary)
+        self.requested_port = port  # None: a free port
         self.startup_timeout = startup_timeout
         self.attempts = attempts
         self.port: int | None = None
@@ -147,8 +149,8 @@ class EmbeddedRedis:
             raise RuntimeError("EmbeddedRedis already started")
         self._workdir = tempfile.TemporaryDirectory(prefix="cmnrec-redis-")
         errors = []
-        for _ in range(self.attempts):
-            port = free_port()
+        for _ in range(self.attempts if self.requested_port is None else 1):
+            port = self.requested_port or free_port()
             try:
                 self._launch(port)
                 return

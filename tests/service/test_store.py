@@ -23,7 +23,7 @@ async def test_events_one_by_one_give_the_offline_replay_state(make_settings, en
         snap = await store.snapshot("alice")
     assert [r.position for r in results] == list(range(1, len(ITEMS) + 1))
     assert all(r.applied for r in results)
-    # chunk flags follow the schedule anchored at the user's first event (T=5, TSC M=2: q=2,5)
+    # chunk flags follow the schedule anchored at the user's first event (T=5, TSC M=2: q=4,5)
     expected_chunks = [bool(engine.chunk_flags([p])[0]) for p in range(len(ITEMS))]
     assert [r.chunk_time for r in results] == expected_chunks
     assert snap.state == replay(engine, ITEMS)
