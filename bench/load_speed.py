@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import tempfile
@@ -54,7 +55,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000_263)
     parser.add_argument("--line-rows", type=int, default=2_000_000)
     args = parser.parse_args()
-    figures: dict[str, object] = {"machine": platform.platform(), "rows": args.rows}
+    figures: dict[str, object] = {"machine": platform.platform(), "cpus": os.cpu_count(),
+                                  "load_average_at_start": round(os.getloadavg()[0], 2), "rows": args.rows}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "ratings.csv"
         _, figures["generate_s"] = timed(lambda: write_ratings_csv(path, args.rows))
@@ -81,6 +83,7 @@ def main() -> None:
         figures["line_reader_build_s"] = round(seconds, 2)
     _, seconds = timed(lambda: load_dataset("ml-100k"))
     figures["ml100k_load_s"] = round(seconds, 3)
+    figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     for key, value in figures.items():
         print(f"{key:>26}: {value}")
