@@ -165,15 +165,6 @@ def split_line(line: str, separator: str) -> list[str]:
     return line.split(separator)
 
 
-def parse_timestamp(text: str) -> float | None:
-    """A finite number, or an ISO 8601 date-time as POSIX seconds (naive = UTC); None if neither."""
-    try:
-        value = float(text)
-    except ValueError:
-        return _parse_datetime(text)
-    return value if -math.inf < value < math.inf else None
-
-
 # --- the line-by-line reader (reference semantics) ---------------------------------------------------
 
 def _read_tokens(stream: TextIO, layout: Layout, first_line_no: int, display_name: str) -> RawInteractions:
