@@ -64,7 +64,7 @@ class Settings(BaseSettings):
                                    description="P event streams; producers and workers must agree")
     stream_group: str = Field("cmnrec-workers", min_length=1, max_length=64,
                               description="consumer group of the stream workers")
-    stream_batch_size: int = Field(256, ge=1, le=100_000, description="entries per worker batch")
+    stream_batch_size: int = Field(1024, ge=1, le=100_000, description="entries per worker batch")
     stream_block_ms: int = Field(200, ge=0, le=60_000,
                                  description="how long an idle worker waits for new entries")
     stream_claim_min_idle_ms: int = Field(
