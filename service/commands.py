@@ -70,7 +70,7 @@ def demo(
     artifact: Path = typer.Option(Path("artifacts/demo"), help="model to serve; trained on "
                                   "MovieLens-100k and exported here when missing"),
     run: Path = typer.Option(Path("runs/demo"), help="training run directory for that model"),
-    users: str = typer.Option("1,2,3", help="MovieLens-100k user ids to replay, comma-separated"),
+    users: str = typer.Option("1,5,7", help="MovieLens-100k user ids to replay, comma-separated"),
     events: int = typer.Option(60, min=1, help="events replayed per user (their first ones)"),
     n: int = typer.Option(10, min=1, max=100, help="recommendations shown per user"),
     threads: int = typer.Option(2, min=1, help="torch threads for training"),

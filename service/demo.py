@@ -22,6 +22,7 @@ from rich.table import Table
 from service.settings import Settings
 
 DEMO_KEY_PREFIX = "cmnrec-demo"
+LOOKAHEAD = 20  # a recommendation counts as a hit if the user watches it within this many events
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def show_report(report: ReplayReport, options: DemoOptions, histories: dict[str,
                 titles: dict[str, str], console: Console) -> None:
     for replay in report.users:
         history = histories[replay.user]
-        upcoming = history[len(replay.sent):len(replay.sent) + options.n]
+        upcoming = history[len(replay.sent):len(replay.sent) + LOOKAHEAD]
         recs = replay.last["recommendations"]
         table = Table(title=f"User {replay.user}: top {len(recs)} after {len(replay.sent)} "
                             f"events (already-seen movies excluded)", title_justify="left")

@@ -46,3 +46,11 @@ def make_settings(redis_url: str, key_prefix: str, artifacts: dict[str, Path]) -
         return Settings(**values)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def movielens() -> Any:
+    """The real MovieLens-100k data set (read from the cached recbole wheel)."""
+    from training.loaders import load_dataset
+
+    return load_dataset("ml-100k")

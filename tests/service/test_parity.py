@@ -27,13 +27,6 @@ DIMS = dict(embed_dim=16, hidden_dim=24, mem_width=12, read_heads=2, attn_dim=8)
 
 
 @pytest.fixture(scope="module")
-def movielens():
-    from training.loaders import load_dataset
-
-    return load_dataset("ml-100k")
-
-
-@pytest.fixture(scope="module")
 def histories(movielens) -> dict[str, list[str]]:
     return {user: [movielens.vocab.decode(int(i)) for i in seq]
             for user, seq in zip(movielens.users, movielens.sequences)}
