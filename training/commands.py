@@ -106,8 +106,8 @@ def train(
                                           "(default: embed-dim)"),
     dropout: float = typer.Option(0.0, help="dropout on the embedding and the output projection"),
     epochs: int = typer.Option(20, help="maximum number of epochs"),
-    batch_size: int = typer.Option(64, help="users per batch"),
-    lr: float = typer.Option(1e-3, help="Adam learning rate"),
+    batch_size: int = typer.Option(16, help="users per batch (one optimizer step per block)"),
+    lr: float = typer.Option(3e-3, help="Adam learning rate"),
     weight_decay: float = typer.Option(0.0, help="Adam L2 penalty"),
     patience: int = typer.Option(5, help="epochs without a better validation NDCG@10 before "
                                  "stopping (0: never stop early)"),
@@ -124,6 +124,7 @@ def train(
     """Train a model, evaluate it (leave-one-out, full ranking) and write a run directory."""
     from model.config import ModelConfig
     from training.checkpoint import save_run, write_metrics
+    from training.evaluation import evaluate_model
     from training.split import evaluation_users
     from training.trainer import TrainSettings, train_model
 
@@ -156,7 +157,9 @@ def train(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--dataset") from error
 
-    dataset_info = {"source": dataset, "name": data.name, "min_item_freq": min_item_freq,
+    seen_excluded = evaluate_model(net, data, batch_size=eval_batch_size, exclude_seen=True)
+    source = dataset if dataset in BUILTIN_DATASETS else str(Path(dataset).resolve())
+    dataset_info = {"source": source, "name": data.name, "min_item_freq": min_item_freq,
                     "seed": seed, "users": len(data.users), "items": data.num_items - 1,
                     "interactions": data.num_interactions,
                     "eval_users": int(len(evaluation_users(data)))}
@@ -169,7 +172,8 @@ def train(
         "parameters": report.parameters, "best_epoch": report.best_epoch,
         "stopped": report.stopped, "train_seconds": report.train_seconds,
         "history": report.history, "config": config.to_dict(), "settings": settings.to_dict(),
-        "dataset": dataset_info, "exclude_seen": False,
+        "dataset": dataset_info,
+        "seen_excluded": seen_excluded,  # the same protocol, never ranking an item seen before
     }
     write_metrics(out, metrics)
     console.print(metrics_table(report.metrics, f"{config.model} on {data.name} "

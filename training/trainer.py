@@ -33,8 +33,8 @@ class TrainSettings:
     """How to train (not what: that is ModelConfig)."""
 
     epochs: int = 20  # passes over every user's training history
-    batch_size: int = 64  # users per batch (one optimizer step per block of T events of a batch)
-    lr: float = 1e-3  # Adam learning rate
+    batch_size: int = 16  # users per batch (one optimizer step per block of T events of a batch)
+    lr: float = 3e-3  # Adam learning rate
     weight_decay: float = 0.0  # Adam L2 penalty
     seed: int = 0  # seeds weight init, dropout and batch order
     patience: int = 5  # epochs without a better validation NDCG@10 before stopping; 0 = never

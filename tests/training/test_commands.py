@@ -53,6 +53,8 @@ def test_train_writes_checkpoint_and_metrics(trained_run) -> None:
     for split in ("valid", "test"):
         assert set(metrics[split]) == set(metric_keys())
         assert all(0.0 <= v <= 1.0 for v in metrics[split].values())
+    assert set(metrics["seen_excluded"]) == {"valid", "test"}
+    assert set(metrics["seen_excluded"]["test"]) == set(metric_keys())
     assert metrics["epochs"] == len(metrics["history"]) == 2
     assert metrics["seconds_per_epoch"] > 0 and metrics["parameters"] > 0
     assert metrics["config"]["model"] == "cmnrec" and metrics["config"]["rule"] == "tsc"
