@@ -242,3 +242,33 @@ def test_docker_compose_config_validates():
     result = subprocess.run(["docker-compose", "-f", str(COMPOSE_FILE), "config", "--quiet"],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_container_health_probe_exits_by_the_answer():
+    """service.healthcheck (the images' HEALTHCHECK): 0 on a 2xx answer, 1 on an error or no server."""
+    import http.server
+    import threading
+
+    from service.healthcheck import main
+    from service.redis_server import free_port
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            self.send_response(200 if self.path == "/readyz" else 503)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        assert main(["healthcheck", f"http://127.0.0.1:{port}/readyz"]) == 0
+        assert main(["healthcheck", f"http://127.0.0.1:{port}/other"]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert main(["healthcheck", f"http://127.0.0.1:{free_port()}/readyz"]) == 1

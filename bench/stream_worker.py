@@ -1,0 +1,249 @@
+"""Throughput of one stream worker (`cmnrec worker`, a real subprocess) on embedded Redis.
+
+For each model size: export a random-weight CmnRec (TSC, M=4, T=50) over the MovieLens-100k catalogue
+(I=1683), publish the first N MovieLens-100k events in time order into P partitions, start one worker
+on that backlog and time it from its first commit until every entry is acknowledged. Then, at a steady
+publishing rate of half that throughput, the mean end-to-end lag (backlog / rate, Little's law, from
+XINFO GROUPS lag + pending sampled every 20 ms). Batch latency and size come from the worker's own
+/metrics. Writes bench/results/stream_worker.json and .md.
+
+    .venv/bin/python bench/stream_worker.py [--events 20000] [--sizes tiny,small,paper]
+                                            [--orders time,interleaved]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (DIMS, RESULTS_DIR, benchmark_dataset, machine_info,  # noqa: E402
+                          markdown_table, now_utc, save_results)
+from service.redis_server import EmbeddedRedis, free_port  # noqa: E402
+from service.replay import dataset_events  # noqa: E402
+from service.stream import StreamKeys, publish_events  # noqa: E402
+
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"embed_dim": 16, "hidden_dim": 32, "mem_width": 16, "attn_dim": 16, "read_heads": 1},
+    "small": DIMS["small"],
+    "paper": DIMS["paper"],  # k=128, H=256, W=256, b=64, R=1
+}
+GROUP = "cmnrec-workers"
+
+
+def export_model(root: Path, size: str, dataset: Any) -> Path:
+    """A random-weight CmnRec export over the data set's catalogue (throughput needs no training)."""
+    import torch
+
+    from model.config import ModelConfig
+    from model.export import export_run
+    from model.network import build_model
+    from training.checkpoint import save_run
+
+    config = ModelConfig(num_items=dataset.num_items, model="cmnrec", rule="tsc", block_len=50,
+                         slots=4, **SIZES[size])
+    torch.manual_seed(0)
+    run_dir = save_run(root / "runs" / size, build_model(config), dataset.vocab,
+                       dataset.item_counts(), {"benchmark": "stream_worker"}).parent
+    return Path(export_run(run_dir, root / "artifacts" / size))
+
+
+def interleaved_events(dataset: Any, limit: int) -> list[dict]:
+    """Every user active at once: users take turns, one event each, each user's events in order.
+
+    MovieLens timestamps are rating-entry times: one user rates dozens of films in a burst, so in
+    time order a batch holds few users with many events each, and a user's events must be stepped one
+    after the other (one engine call per event of the busiest user). This order is the other extreme.
+    """
+    per_user = {}
+    for event in dataset_events(dataset):
+        per_user.setdefault(event["user_id"], []).append(event)
+    queues = list(per_user.values())
+    out: list[dict] = []
+    turn = 0
+    while len(out) < limit and any(queues):
+        for queue in queues:
+            if turn < len(queue):
+                out.append(queue[turn])
+                if len(out) == limit:
+                    break
+        turn += 1
+    return out
+
+
+def backlog(client: redis.Redis, keys: StreamKeys, partitions: int) -> int:
+    """Entries not yet delivered + delivered but not acknowledged, over all partitions."""
+    total = 0
+    for p in range(partitions):
+        for group in client.xinfo_groups(keys.stream(p)) if client.exists(keys.stream(p)) else []:
+            if group["name"].decode() == GROUP:
+                total += int(group["lag"] or 0) + int(group["pending"])
+    return total
+
+
+def start_worker(artifact: Path, url: str, prefix: str, partitions: int, batch_size: int,
+                 port: int) -> subprocess.Popen:
+    env = {**os.environ, "REDIS_URL": url, "CMNREC_KEY_PREFIX": prefix}
+    command = [str(Path(sys.executable).parent / "cmnrec"), "worker", "--artifact", str(artifact),
+               "--partitions", str(partitions), "--batch-size", str(batch_size),
+               "--metrics-port", str(port), "--consumer", "bench"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Prometheus-style quantile from cumulative (upper bound, count) buckets."""
+    total = buckets[-1][1]
+    if total == 0:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = upper, count
+    return lower
+
+
+def worker_metrics(port: int) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "cmnrec_worker_batch_latency_seconds":
+            buckets = sorted((float(s.labels["le"]), s.value) for s in family.samples
+                             if s.name.endswith("_bucket"))
+            out["batch_latency_p50_ms"] = histogram_quantile(buckets, 0.5) * 1000
+            out["batch_latency_p99_ms"] = histogram_quantile(buckets, 0.99) * 1000
+        if family.name == "cmnrec_worker_batch_size_entries":
+            values = {s.name: s.value for s in family.samples}
+            count = values.get("cmnrec_worker_batch_size_entries_count", 0)
+            out["batches"] = count
+            out["mean_batch_entries"] = values.get("cmnrec_worker_batch_size_entries_sum", 0) / max(count, 1)
+    return out
+
+
+def measure(size: str, order: str, artifact: Path, url: str, events: list[dict], partitions: int,
+            batch_size: int, steady_seconds: float) -> dict[str, Any]:
+    client = redis.Redis.from_url(url)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    keys = StreamKeys(prefix)
+    publish_events(client, events, partitions=partitions, prefix=prefix)
+    port = free_port()
+    worker = start_worker(artifact, url, prefix, partitions, batch_size, port)
+    try:
+        total = len(events)
+        while backlog(client, keys, partitions) in (0, total):  # groups not made yet, or untouched
+            if worker.poll() is not None:
+                raise RuntimeError(worker.stderr.read().decode())
+            time.sleep(0.005)
+        started = time.perf_counter()
+        while backlog(client, keys, partitions) > 0:
+            time.sleep(0.01)
+        seconds = time.perf_counter() - started
+        throughput = total / seconds
+        figures = worker_metrics(port)
+
+        # steady state at half the throughput: fresh event ids, same users and items
+        rate = throughput / 2
+        steady = [dict(e, event_id=f"steady-{i}") for i, e in enumerate(events)]
+        samples, sent, tick = [], 0, 0.02
+        begin = time.perf_counter()
+        while time.perf_counter() - begin < steady_seconds and sent < len(steady):
+            due = int((time.perf_counter() - begin) * rate)
+            if due > sent:
+                publish_events(client, steady[sent:due], partitions=partitions, prefix=prefix)
+                sent = due
+            samples.append(backlog(client, keys, partitions))
+            time.sleep(tick)
+        mean_backlog = float(np.mean(samples)) if samples else float("nan")
+        return {
+            "size": size, "order": order, "dims": SIZES[size], "events": total, "partitions": partitions,
+            "batch_size": batch_size, "seconds": round(seconds, 3),
+            "events_per_second": round(throughput, 1),
+            "batch_latency_p50_ms": round(figures.get("batch_latency_p50_ms", float("nan")), 2),
+            "batch_latency_p99_ms": round(figures.get("batch_latency_p99_ms", float("nan")), 2),
+            "mean_batch_entries": round(figures.get("mean_batch_entries", float("nan")), 1),
+            "steady_rate_events_per_second": round(rate, 1),
+            "steady_mean_backlog_entries": round(mean_backlog, 1),
+            "steady_mean_lag_ms": round(mean_backlog / rate * 1000, 2),
+        }
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        worker.stderr.close()
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            client.delete(key)
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--sizes", default="tiny,small,paper")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--orders", default="time,interleaved",
+                        help="event orders: time (MovieLens time order), interleaved (users take turns)")
+    parser.add_argument("--steady-seconds", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "stream_worker.json")
+    args = parser.parse_args()
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        parser.error(f"--sizes: unknown {unknown}; known: {list(SIZES)}")
+    orders = [o.strip() for o in args.orders.split(",") if o.strip()]
+    if not set(orders) <= {"time", "interleaved"}:
+        parser.error(f"--orders: expected time and/or interleaved, got {args.orders!r}")
+    dataset = benchmark_dataset("ml-100k")
+    streams = {"time": dataset_events(dataset, limit=args.events),
+               "interleaved": interleaved_events(dataset, args.events)}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cmnrec-bench-") as scratch, EmbeddedRedis() as server:
+        for size in sizes:
+            artifact = export_model(Path(scratch), size, dataset)
+            for order in orders:
+                row = measure(size, order, artifact, server.url, streams[order], args.partitions,
+                              args.batch_size, args.steady_seconds)
+                print(row, flush=True)
+                rows.append(row)
+    payload = {"benchmark": "stream_worker", "date": now_utc(), "machine": machine_info(),
+               "dataset": "ml-100k", "orders": orders, "model": "cmnrec tsc M=4 T=50",
+               "num_items": dataset.num_items, "results": rows}
+    table = markdown_table(
+        ["size", "k/H/W", "order", "events", "events/s", "batch p50 ms", "batch p99 ms", "mean batch",
+         "lag at half rate (ms)"],
+        [[r["size"], f'{r["dims"]["embed_dim"]}/{r["dims"]["hidden_dim"]}/{r["dims"]["mem_width"]}',
+          r["order"], r["events"], f'{r["events_per_second"]:.0f}', f'{r["batch_latency_p50_ms"]:.1f}',
+          f'{r["batch_latency_p99_ms"]:.1f}', f'{r["mean_batch_entries"]:.0f}',
+          f'{r["steady_mean_lag_ms"]:.1f}'] for r in rows])
+    markdown = (f"# One stream worker, embedded Redis ({payload['date']})\n\n"
+                f"CmnRec TSC M=4 T=50, random weights, I={dataset.num_items}; {args.partitions} "
+                f"partitions, batch {args.batch_size}; the first {args.events} MovieLens-100k events in "
+                f"time order (few users per batch, each with many events), or interleaved (users "
+                f"take turns). Load average at start: {payload['machine']['load_average_1_5_15']}."
+                f"\n\n{table}\n")
+    json_path, md_path = save_results(args.out, payload, markdown)
+    print(markdown)
+    print(f"wrote {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()
