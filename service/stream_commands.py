@@ -62,19 +62,20 @@ def worker(
     try:
         with redis_url_or_embedded(settings) as url:
             if not settings.redis_url:
-                console.print(f"embedded Redis at {url} (set REDIS_URL to use your own); publish with\n"
-                              f"  REDIS_URL={url} cmnrec replay --dataset ml-100k --stream "
-                              f"--partitions {options.partitions}")
-            console.print(f"worker {options.consumer}: {options.partitions} partitions, "
-                          f"batch {options.batch_size}, metrics on :{settings.worker_metrics_port}")
+                typer.echo(f"embedded Redis at {url} (set REDIS_URL to use your own); publish with\n"
+                           f"  REDIS_URL={url} cmnrec replay --dataset ml-100k --stream "
+                           f"--partitions {options.partitions}", err=True)
+            typer.echo(f"worker {options.consumer}: {options.partitions} partitions, "
+                       f"batch {options.batch_size}, metrics on :{settings.worker_metrics_port}",
+                       err=True)
             totals = asyncio.run(run_worker(settings, url, options,
                                             metrics_port=settings.worker_metrics_port))
     except (RedisServerNotFound, RedisServerFailed) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
-    console.print(f"worker {options.consumer} stopped: {totals.entries} entries, "
-                  f"{totals.applied} applied, {totals.duplicates} duplicates, "
-                  f"{totals.dead_lettered} dead-lettered, {totals.reclaimed} reclaimed")
+    typer.echo(f"worker {options.consumer} stopped: {totals.entries} entries, "
+               f"{totals.applied} applied, {totals.duplicates} duplicates, "
+               f"{totals.dead_lettered} dead-lettered, {totals.reclaimed} reclaimed", err=True)
 
 
 def replay(

@@ -144,8 +144,15 @@ class StreamWorker:
     # -- the loop ---------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Loop until `stop` is set; the batch in flight is finished first, then leases are returned."""
-        await ensure_groups(self.client, self.keys, range(self.options.partitions),
-                            self.options.group)
+        while not stop.is_set():
+            try:
+                await ensure_groups(self.client, self.keys, range(self.options.partitions),
+                                    self.options.group)
+                break
+            except (RedisError, OSError) as error:
+                log.warning("worker %s: Redis unavailable (%s); retrying", self.options.consumer,
+                            error)
+                await _sleep_or_stop(stop, self.options.retry_backoff_s)
         log.info("worker %s: %d partitions, group %s", self.options.consumer,
                  self.options.partitions, self.options.group)
         try:
@@ -155,7 +162,9 @@ class StreamWorker:
                 except RETRYABLE_ERRORS as error:
                     log.warning("worker %s: %s: %s; retrying", self.options.consumer,
                                 type(error).__name__, error)
-                    handled = 0
+                    # A read whose reply was lost may have delivered entries to us: whatever is
+                    # pending for us is reclaimed (in order) before anything new is read.
+                    self._drain(self.leases.owned)
                     self._next_heartbeat = 0.0
                     await _sleep_or_stop(stop, self.options.retry_backoff_s)
                     continue
@@ -203,9 +212,7 @@ class StreamWorker:
             _remove_partition_gauges(partition)
         if lost:
             log.warning("worker %s: lost partitions %s", self.options.consumer, lost)
-        for partition in acquired:
-            self._draining.add(partition)
-            self._claim_cursor[partition] = _ZERO_ID
+        self._drain(set(acquired))
         if acquired:
             log.info("worker %s: took partitions %s", self.options.consumer, acquired)
         metrics.WORKER_PARTITIONS_OWNED.set(len(self.leases.owned))
@@ -275,6 +282,12 @@ class StreamWorker:
                     self._claim_cursor.pop(partition, None)
         return entries
 
+    def _drain(self, partitions: set[int]) -> None:
+        """Reclaim these partitions' pending entries before reading new ones from them."""
+        for partition in partitions:
+            self._draining.add(partition)
+            self._claim_cursor[partition] = _ZERO_ID
+
     async def _read_new(self) -> list[Entry]:
         """XREADGROUP new entries from the owned partitions that are not being drained."""
         ready = sorted(self.leases.owned - self._draining)
@@ -342,10 +355,7 @@ class StreamWorker:
         """The batch's entries stay pending: reclaim them (in order) before reading further."""
         self.totals.failed_batches += 1
         metrics.WORKER_BATCH_FAILURES_TOTAL.inc()
-        for partition in {entry.partition for entry in entries}:
-            if partition in self.leases.owned:
-                self._draining.add(partition)
-                self._claim_cursor[partition] = _ZERO_ID
+        self._drain({entry.partition for entry in entries} & self.leases.owned)
         log.warning("worker %s: batch of %d failed (%s: %s); it stays pending",
                     self.options.consumer, len(entries), type(error).__name__, error)
 

@@ -188,3 +188,40 @@ def test_replay_command_streams_a_ratings_file(redis_url, key_prefix, tmp_path):
     # without --stream or --url: a clear error naming the options
     bad = subprocess.run(command[:4], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad.returncode != 0 and "--stream" in bad.stderr
+
+
+def test_replay_command_drives_the_http_api(artifacts, redis_url, key_prefix, tmp_path):
+    """`cmnrec replay --url` against a real `cmnrec serve`: every event applied once, in order."""
+    from service.redis_server import free_port
+    from tests.service.served import ServedProcess, left_running
+
+    ratings = tmp_path / "ratings.csv"
+    rng = np.random.default_rng(7)
+    rows = [(f"u{rng.integers(6)}", str(101 + rng.integers(39)), 1_000_000 + t) for t in range(120)]
+    ratings.write_text("userId,movieId,rating,timestamp\n"
+                       + "".join(f"{u},{i},4.0,{t}\n" for u, i, t in rows))
+    env = {"REDIS_URL": redis_url, "CMNREC_KEY_PREFIX": key_prefix}
+    served = ServedProcess(artifacts["main"], free_port(), env=env)
+    try:
+        served.wait_ready()
+        command = [str(Path(sys.executable).parent / "cmnrec"), "replay", "--dataset",
+                   str(ratings), "--url", served.url, "--batch-size", "7", "--concurrency", "3"]
+        result = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True,
+                                timeout=120, cwd=ROOT)
+        again = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True,
+                               timeout=120, cwd=ROOT)
+    finally:
+        tree = served.stop()
+    assert not left_running(tree)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["events"] == summary["applied"] == 120 and summary["errors"] == {}
+    assert summary["events_per_second"] > 0 and summary["request_latency_ms"]["p99"] > 0
+    assert json.loads(again.stdout)["duplicates"] == 120  # same event ids: all no-ops
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for user in {u for u, _, _ in rows}:
+            recent = [x.decode() for x in client.lrange(f"{key_prefix}:{{{user}}}:recent", 0, -1)]
+            assert recent == [i for u, i, _ in rows if u == user]
+    finally:
+        client.close()

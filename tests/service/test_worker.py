@@ -228,6 +228,49 @@ async def test_two_workers_share_partitions_and_keep_each_users_order(
         sync.close()
 
 
+async def test_a_failed_batch_stays_pending_and_is_applied_once_later(
+        make_settings, engine, redis_url, key_prefix):
+    """The store fails (Redis trouble) after committing part of a batch: nothing is acknowledged,
+    the worker reclaims its own entries once idle and applies the rest, each event exactly once."""
+    from service.store import StateStoreUnavailable
+
+    class FlakyStore(StateStore):
+        failures = 0
+        committed = 0
+
+        async def apply_batch(self, events, **kwargs):
+            if FlakyStore.failures == 0:
+                FlakyStore.failures += 1
+                results = await super().apply_batch(events[: len(events) // 2], **kwargs)
+                FlakyStore.committed = sum(r.applied for r in results)
+                raise StateStoreUnavailable("simulated outage")
+            return await super().apply_batch(events, **kwargs)
+
+    settings = make_settings(stream_partitions=PARTITIONS)
+    keys = StreamKeys(key_prefix)
+    events = random_events(200, users=8, seed=8)
+    sync = redis.Redis.from_url(redis_url)
+    publish_events(sync, events, partitions=PARTITIONS, prefix=key_prefix)
+    failures_before = metric("cmnrec_worker_batch_failures_total")
+    client = open_redis(redis_url, settings)
+    try:
+        store = FlakyStore.from_settings(client, engine, settings)
+        options = WorkerOptions.from_settings(settings, consumer="flaky", batch_size=64,
+                                              retry_backoff_s=0.05, **FAST)
+        worker = StreamWorker(client, store, options)
+        await run_until([worker], lambda: _drained(client, keys, settings))
+        assert worker.totals.failed_batches == 1
+        assert metric("cmnrec_worker_batch_failures_total") - failures_before == 1
+        assert worker.totals.reclaimed > 0  # its own failed entries, taken back in order
+        # the half committed before the failure comes back as duplicates: each event applied once
+        assert worker.totals.duplicates == FlakyStore.committed > 0
+        assert worker.totals.applied == 200 - FlakyStore.committed
+        await check_states(store, engine, items_by_user(events))
+    finally:
+        await client.aclose()
+        sync.close()
+
+
 # -- crashes --------------------------------------------------------------------------------------------
 def _worker_that_dies_after_commit(redis_url: str, prefix: str, artifact: str, die_at: int,
                                    consumer: str) -> None:
