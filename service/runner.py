@@ -53,24 +53,28 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def multiprocess_metrics(workers: int) -> Iterator[str | None]:
-    """With several workers, a fresh PROMETHEUS_MULTIPROC_DIR for the block (removed after).
+def multiprocess_metrics(settings: Settings) -> Iterator[str | None]:
+    """With several workers, PROMETHEUS_MULTIPROC_DIR for the block: settings.metrics_multiproc_dir
+    when set (used as is, left in place), else a fresh temporary directory removed afterwards.
 
-    A directory the user already set is used as is and left alone. Must be entered before the
-    worker processes start: prometheus-client reads the variable when it is first imported.
+    Must be entered before the worker processes start: prometheus-client reads the variable when
+    it is first imported.
     """
-    if workers <= 1:
-        yield os.environ.get(MULTIPROC_ENV)
+    if settings.workers <= 1:
+        yield None
         return
-    if os.environ.get(MULTIPROC_ENV):
-        yield os.environ[MULTIPROC_ENV]
+    if settings.metrics_multiproc_dir is not None:
+        directory = Path(settings.metrics_multiproc_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        with environment({MULTIPROC_ENV: str(directory)}):
+            yield str(directory)
         return
-    directory = tempfile.mkdtemp(prefix="cmnrec-metrics-")
+    fresh = tempfile.mkdtemp(prefix="cmnrec-metrics-")
     try:
-        with environment({MULTIPROC_ENV: directory}):
-            yield directory
+        with environment({MULTIPROC_ENV: fresh}):
+            yield fresh
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(fresh, ignore_errors=True)
 
 
 def run_uvicorn(settings: Settings, **uvicorn_options: Any) -> None:
@@ -80,7 +84,7 @@ def run_uvicorn(settings: Settings, **uvicorn_options: Any) -> None:
 
     if not settings.redis_url:
         raise ValueError("redis_url: required to run the service")
-    with multiprocess_metrics(settings.workers), environment(settings_environment(settings)):
+    with multiprocess_metrics(settings), environment(settings_environment(settings)):
         uvicorn.run(APP_FACTORY, factory=True, host=settings.host, port=settings.port,
                     workers=settings.workers, log_level=settings.log_level,
                     timeout_graceful_shutdown=10, **uvicorn_options)

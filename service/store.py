@@ -32,7 +32,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,6 +310,7 @@ class StateStore:
                     if w.user_id in lost:
                         continue
                     outcomes.update(w.outcome)
+                    self._count_outcomes(w.outcome.values())  # committed, even if a later user fails
                     if w.rebuilt:
                         rebuilt_users.add(w.user_id)
                     for index in w.indices:
@@ -322,7 +323,6 @@ class StateStore:
                 await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
             else:
                 raise StateConflictError(next(iter(pending)), self.retry_limit)
-        self._count_outcomes(outcomes, events)
         timer.add("total", time.perf_counter() - started)
         timings = timer.observe()
         version = self.model_version
@@ -637,12 +637,15 @@ class StateStore:
         return out
 
     @staticmethod
-    def _count_outcomes(outcomes: dict[int, tuple[bool, int, bool]],
-                        events: Sequence[Event]) -> None:
-        applied = sum(1 for a, _, _ in outcomes.values() if a)
-        chunks = sum(1 for a, _, c in outcomes.values() if a and c)
+    def _count_outcomes(outcomes: Iterable[tuple[bool, int, bool]]) -> None:
+        """Count events as applied (and at a chunk time) or duplicate."""
+        applied = duplicates = chunks = 0
+        for was_applied, _, chunk in outcomes:
+            applied += was_applied
+            duplicates += not was_applied
+            chunks += was_applied and chunk
         metrics.EVENTS_TOTAL.labels(EventOutcome.APPLIED.value).inc(applied)
-        metrics.EVENTS_TOTAL.labels(EventOutcome.DUPLICATE.value).inc(len(events) - applied)
+        metrics.EVENTS_TOTAL.labels(EventOutcome.DUPLICATE.value).inc(duplicates)
         metrics.CHUNK_EVENTS_TOTAL.inc(chunks)
 
     async def _call(self, awaitable: Any) -> Any:

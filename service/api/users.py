@@ -19,7 +19,8 @@ router = APIRouter(tags=["users"])
             summary="Recommendations from the stored state")
 async def get_recommendations(user_id: UserIdDep, params: RecommendationParamsDep,
                               store: StoreDep) -> UserRecommendationsOut:
-    """Top-n next items from the user's stored state, which is not changed; the most popular
+    """Top-n next items from the user's stored state, which is not changed (except that a state
+    of another model version is rebuilt from the user's recent items and saved); the most popular
     items for a user with no stored state."""
     started = time.perf_counter()
     result = await store.recommend(user_id, n=params.n, exclude_seen=params.exclude_seen)
