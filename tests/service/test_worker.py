@@ -433,13 +433,14 @@ def test_cmnrec_worker_stops_gracefully_on_sigterm_and_serves_metrics(
             assert process.poll() is None, process.stderr.read().decode()
             assert time.monotonic() < deadline, "the worker did not apply the events"
             time.sleep(0.05)
+        # counters move just after the commit that the loop above saw: poll until they settle
+        wanted = ["cmnrec_worker_entries_consumed_total 200.0",
+                  'cmnrec_events_total{outcome="applied"} 200.0', "cmnrec_worker_pending_entries{"]
         text = ""
-        while "cmnrec_worker_pending_entries{" not in text:  # gauges appear at a heartbeat
-            assert time.monotonic() < deadline
+        while not all(line in text for line in wanted):
+            assert time.monotonic() < deadline, [l for l in text.splitlines() if "cmnrec_" in l]
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             time.sleep(0.05)
-        assert "cmnrec_worker_entries_consumed_total 200.0" in text
-        assert 'cmnrec_events_total{outcome="applied"} 200.0' in text
         assert "cmnrec_worker_batch_latency_seconds_count" in text
         children = descendants(process.pid)
         process.send_signal(signal.SIGTERM)
