@@ -44,6 +44,7 @@ class Stage(str, Enum):
 
     STATE_READ = "state_read"  # the pipelined Redis read
     REBUILD = "rebuild"  # replaying stored items into a state of the current model version
+    MODEL = "model"  # the whole engine call: decode, controller, memory, output, encode
     STATE_DECODE = "state_decode"  # blob -> arrays (engine)
     CONTROLLER = "controller"  # the controller pass of every event (engine)
     MEMORY = "memory"  # the DNC write/read at chunk times (engine)

@@ -196,9 +196,14 @@ class _Timer:
         self.seconds[stage.value if isinstance(stage, Stage) else stage] += seconds
 
     def observe(self) -> dict[str, float]:
+        """Export the Stage timings to Prometheus; returns every timing (incl. "total")."""
         for stage, seconds in self.seconds.items():
-            metrics.STAGE_LATENCY_SECONDS.labels(stage).observe(seconds)
+            if stage in _STAGE_VALUES:
+                metrics.STAGE_LATENCY_SECONDS.labels(stage).observe(seconds)
         return dict(self.seconds)
+
+
+_STAGE_VALUES = frozenset(stage.value for stage in Stage)
 
 
 _ENGINE_STAGES = {"decode": Stage.STATE_DECODE, "controller": Stage.CONTROLLER,
@@ -515,9 +520,10 @@ class StateStore:
             states = [w.states_after[-1] if w.states_after else w.start_state for w in rows]
             tic = time.perf_counter()
             result = self.engine.apply([items[i] for i in indices], states)
-            timer.add("model", time.perf_counter() - tic)
+            timer.add(Stage.MODEL, time.perf_counter() - tic)
             for name, seconds in result.timings.items():
-                timer.add(_ENGINE_STAGES.get(name, name), seconds)
+                if name in _ENGINE_STAGES:
+                    timer.add(_ENGINE_STAGES[name], seconds)
             metrics.ENGINE_BATCH_ROWS.observe(len(rows))
             for j, (w, index) in enumerate(zip(rows, indices)):
                 w.states_after.append(result.states[j])

@@ -110,6 +110,11 @@ async def test_health_readiness_metrics_and_docs(make_settings, engine):
     assert 'route="/v1/users/{user_id:path}/recommendations"' in text  # templates, not raw paths
     assert 'stage="controller"' in text and 'stage="state_write"' in text
     assert '"m"' not in text  # the user id is never a label value
+    from service.labels import Stage
+
+    stages = {line.split('stage="')[1].split('"')[0] for line in text.splitlines()
+              if line.startswith("cmnrec_stage_latency_seconds") and 'stage="' in line}
+    assert stages == {stage.value for stage in Stage}  # created up front, nothing else
     assert docs.status_code == 200 and "/v1/events/batch" in spec.json()["paths"]
 
 

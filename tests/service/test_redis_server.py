@@ -1,7 +1,6 @@
 """The embedded redis-server: a real server that never outlives its owner."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
