@@ -63,24 +63,7 @@ class PartitionLeases:
         Returns (acquired, lost): partitions newly owned, and partitions whose lease was lost (taken
         over after an expiry); both are already applied to `owned`.
         """
-        seconds, micros = await self.client.time()
-        now_ms = seconds * 1000 + micros // 1000
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(self.keys.workers(), {self.consumer: now_ms})
-        pipe.zremrangebyscore(self.keys.workers(), "-inf", now_ms - self.ttl_ms)
-        pipe.zcard(self.keys.workers())
-        _, _, live = await pipe.execute()
-        self.live_workers = int(live)
-
-        held = sorted(self.owned)
-        lost = []
-        for partition in held:
-            renewed = await self._renew(keys=[self.keys.lease(partition)],
-                                        args=[self.consumer, self.ttl_ms])
-            if not renewed:
-                lost.append(partition)
-        self.owned.difference_update(lost)
-
+        lost = await self.renew()
         acquired = []
         for step in range(self.partitions):
             if len(self.owned) >= self.fair_share():
@@ -93,6 +76,25 @@ class PartitionLeases:
                 self.owned.add(partition)
                 acquired.append(partition)
         return acquired, lost
+
+    async def renew(self) -> list[int]:
+        """Heartbeat and extend the leases held (no new ones). Returns the partitions lost."""
+        seconds, micros = await self.client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.keys.workers(), {self.consumer: now_ms})
+        pipe.zremrangebyscore(self.keys.workers(), "-inf", now_ms - self.ttl_ms)
+        pipe.zcard(self.keys.workers())
+        _, _, live = await pipe.execute()
+        self.live_workers = int(live)
+        lost = []
+        for partition in sorted(self.owned):
+            renewed = await self._renew(keys=[self.keys.lease(partition)],
+                                        args=[self.consumer, self.ttl_ms])
+            if not renewed:
+                lost.append(partition)
+        self.owned.difference_update(lost)
+        return lost
 
     def fair_share(self) -> int:
         """ceil(P / live workers): the most partitions this worker should hold."""

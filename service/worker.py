@@ -23,6 +23,7 @@ not acknowledged either: the worker backs off and reclaims its own entries the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from service import metrics
 from service.labels import DeadLetterReason
@@ -140,21 +141,14 @@ class StreamWorker:
         self._claim_cursor: dict[int, str] = {}
         self._next_heartbeat = 0.0
         self._healthy = True  # the last batch did not fail: surplus partitions may be handed back
+        self._groups_ready = False  # the consumer group exists on every partition's stream
 
     # -- the loop ---------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Loop until `stop` is set; the batch in flight is finished first, then leases are returned."""
-        while not stop.is_set():
-            try:
-                await ensure_groups(self.client, self.keys, range(self.options.partitions),
-                                    self.options.group)
-                break
-            except (RedisError, OSError) as error:
-                log.warning("worker %s: Redis unavailable (%s); retrying", self.options.consumer,
-                            error)
-                await _sleep_or_stop(stop, self.options.retry_backoff_s)
         log.info("worker %s: %d partitions, group %s", self.options.consumer,
                  self.options.partitions, self.options.group)
+        keepalive = asyncio.create_task(self._keep_leases(stop))
         try:
             while not stop.is_set():
                 try:
@@ -165,6 +159,8 @@ class StreamWorker:
                     # A read whose reply was lost may have delivered entries to us: whatever is
                     # pending for us is reclaimed (in order) before anything new is read.
                     self._drain(self.leases.owned)
+                    if isinstance(error, ResponseError):  # e.g. NOGROUP: the stream was deleted
+                        self._groups_ready = False
                     self._next_heartbeat = 0.0
                     await _sleep_or_stop(stop, self.options.retry_backoff_s)
                     continue
@@ -172,6 +168,9 @@ class StreamWorker:
                     # Nothing to read yet: wait for leases to free up or entries to become idle.
                     await _sleep_or_stop(stop, IDLE_POLL_S)
         finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
             try:
                 await self.leases.release_all()
             except (RedisError, OSError) as error:
@@ -181,8 +180,22 @@ class StreamWorker:
                 _remove_partition_gauges(partition)
             log.info("worker %s stopped: %s", self.options.consumer, self.totals)
 
+    async def _keep_leases(self, stop: asyncio.Event) -> None:
+        """Renew the leases every heartbeat period even while a long batch runs, so that a slow
+        batch never lets a partition pass to another worker while this one still applies it."""
+        while not stop.is_set():
+            await _sleep_or_stop(stop, self.options.heartbeat_s)
+            try:
+                self._forget(await self.leases.renew())
+            except (RedisError, OSError) as error:
+                log.warning("worker %s: lease renewal failed (%s)", self.options.consumer, error)
+
     async def run_once(self) -> int:
         """Heartbeat if due, then one batch (reclaimed entries first). Returns the entries handled."""
+        if not self._groups_ready:
+            await ensure_groups(self.client, self.keys, range(self.options.partitions),
+                                self.options.group)
+            self._groups_ready = True
         if time.monotonic() >= self._next_heartbeat:
             await self.heartbeat()
         entries = await self._reclaim()
@@ -206,12 +219,7 @@ class StreamWorker:
                     _remove_partition_gauges(partition)
                 log.info("worker %s: handed back partitions %s", self.options.consumer, surplus)
         acquired, lost = await self.leases.heartbeat()
-        for partition in lost:
-            self._draining.discard(partition)
-            self._claim_cursor.pop(partition, None)
-            _remove_partition_gauges(partition)
-        if lost:
-            log.warning("worker %s: lost partitions %s", self.options.consumer, lost)
+        self._forget(lost)
         self._drain(set(acquired))
         if acquired:
             log.info("worker %s: took partitions %s", self.options.consumer, acquired)
@@ -281,6 +289,15 @@ class StreamWorker:
                     self._draining.discard(partition)  # drained: new entries may flow
                     self._claim_cursor.pop(partition, None)
         return entries
+
+    def _forget(self, lost: list[int]) -> None:
+        """Partitions whose lease expired and went to another worker: stop reading them."""
+        for partition in lost:
+            self._draining.discard(partition)
+            self._claim_cursor.pop(partition, None)
+            _remove_partition_gauges(partition)
+        if lost:
+            log.warning("worker %s: lost partitions %s", self.options.consumer, lost)
 
     def _drain(self, partitions: set[int]) -> None:
         """Reclaim these partitions' pending entries before reading new ones from them."""

@@ -271,6 +271,51 @@ async def test_a_failed_batch_stays_pending_and_is_applied_once_later(
         sync.close()
 
 
+async def test_a_batch_longer_than_the_lease_keeps_its_partitions(
+        make_settings, engine, redis_url, key_prefix):
+    """Leases are renewed while a slow batch runs: no other worker takes the partitions and
+    reclaims the entries in flight (which would apply a user's events out of order)."""
+
+    class SlowStore(StateStore):
+        slowed = False
+
+        async def apply_batch(self, events, **kwargs):
+            if not SlowStore.slowed:
+                SlowStore.slowed = True
+                await asyncio.sleep(3 * FAST["lease_ttl_ms"] / 1000)
+            return await super().apply_batch(events, **kwargs)
+
+    settings = make_settings(stream_partitions=PARTITIONS)
+    keys = StreamKeys(key_prefix)
+    events = random_events(200, users=8, seed=9)
+    sync = redis.Redis.from_url(redis_url)
+    publish_events(sync, events, partitions=PARTITIONS, prefix=key_prefix)
+    client = open_redis(redis_url, settings)
+    stop = asyncio.Event()
+    try:
+        slow = StreamWorker(client, SlowStore.from_settings(client, engine, settings),
+                            WorkerOptions.from_settings(settings, consumer="slow", **FAST))
+        other = make_worker(client, settings, engine, "other")
+        tasks = [asyncio.create_task(slow.run(stop))]
+        while not SlowStore.slowed:  # the slow worker holds every partition and is in its batch
+            await asyncio.sleep(0.01)
+        tasks.append(asyncio.create_task(other.run(stop)))
+        deadline = time.monotonic() + 60
+        while not await _drained(client, keys, settings):
+            assert time.monotonic() < deadline and not any(t.done() for t in tasks)
+            await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert slow.totals.reclaimed == other.totals.reclaimed == 0
+        assert slow.totals.duplicates == other.totals.duplicates == 0
+        assert slow.totals.applied + other.totals.applied == 200
+        await check_states(other.store, engine, items_by_user(events))
+    finally:
+        stop.set()
+        await client.aclose()
+        sync.close()
+
+
 # -- crashes --------------------------------------------------------------------------------------------
 def _worker_that_dies_after_commit(redis_url: str, prefix: str, artifact: str, die_at: int,
                                    consumer: str) -> None:
