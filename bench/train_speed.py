@@ -1,0 +1,278 @@
+"""Training and inference speed: SRMN against CmnRec (PEC, TSC) at T in {50, 100}, M in {2, 4, 6, 9, 12}.
+
+For every (T, M) the three networks are built with the same seed and timed in the same run, in turns
+(the order rotates every round, so a burst of load from other processes hits them alike):
+- train: one full epoch over MovieLens-100k's training histories with the project's real
+  training.trainer.train_epoch (block-by-block forward, cross-entropy, backward, clipping, Adam step);
+- inference: one full-sequence evaluation pass over all users without gradients, the project's
+  training.evaluation.leave_one_out_ranks (forward over every user's history, full ranking).
+Each network first trains on one batch (warm-up, not timed). Each figure is the median of its repeats,
+taken both on the wall clock and as this process's CPU time (steadier when other processes share the
+cores). Speedup = SRMN seconds / CmnRec seconds.
+Prints the tables and saves bench/results/train_speed.json and bench/results/train_speed.md.
+
+    .venv/bin/python bench/train_speed.py --dims paper --threads 1
+    .venv/bin/python bench/train_speed.py --dims small --block-lens 50 --slots 2 --users 100 --out /tmp/s.json
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import numpy as np
+import torch
+import typer
+from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as a script (python bench/train_speed.py): make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (DIMS, RESULTS_DIR, benchmark_dataset, dataset_info, machine_info,
+                          markdown_table, now_utc, parse_ints, save_results)
+from model.config import ModelConfig
+from model.network import SequentialRecommender, build_model
+from model.schedule import chunk_times
+from training.batching import length_sorted_batches
+from training.data import SequenceDataset
+from training.evaluation import leave_one_out_ranks
+from training.split import training_sequences
+from training.trainer import TrainSettings, count_parameters, train_epoch
+
+BASELINE = "srmn"
+PAPER = {"train_speedup_max": 6.34, "inference_speedup_T100": "8.03-12.16 (ml-latest, T=100)",
+         "inference_speedup_T50": "4.68-6.71 (ml-10M, T=50)"}
+
+
+@dataclass(frozen=True)
+class SpeedVariant:
+    name: str  # "srmn", "cmnrec-pec", "cmnrec-tsc"
+    model: str
+    rule: str
+
+
+@dataclass
+class Contender:
+    """One network of a (T, M) group with its optimizer and its timings (seconds)."""
+
+    variant: SpeedVariant
+    config: ModelConfig
+    model: SequentialRecommender
+    optimizer: torch.optim.Optimizer
+    train: list["Timing"]
+    inference: list["Timing"]
+
+
+def epoch_batches(dataset: SequenceDataset, batch_size: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+    """The training histories, one epoch's batches (as the trainer forms them) and the targets per epoch."""
+    sequences = training_sequences(dataset)
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    trainable = np.flatnonzero(lengths >= 2)
+    order = length_sorted_batches(lengths[trainable], batch_size, np.random.default_rng(seed))
+    return sequences, [trainable[b] for b in order], int((lengths[trainable] - 1).sum())
+
+
+@dataclass(frozen=True)
+class Timing:
+    wall: float  # seconds on the clock
+    cpu: float  # seconds of CPU this process used: steadier than wall time on a shared machine
+
+
+def timed(work: Callable[[], object]) -> Timing:
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def time_train_epoch(contender: Contender, sequences: list[np.ndarray], batches: list[np.ndarray],
+                     settings: TrainSettings) -> Timing:
+    with tqdm(disable=True) as bar:
+        return timed(lambda: train_epoch(contender.model, contender.optimizer, sequences, batches, settings,
+                                         bar, None))
+
+
+def time_inference(contender: Contender, dataset: SequenceDataset, batch_size: int) -> Timing:
+    return timed(lambda: leave_one_out_ranks(contender.model, dataset, batch_size=batch_size))
+
+
+def run_group(variants: list[SpeedVariant], num_items: int, dims: dict[str, int], block_len: int, slots: int,
+              settings: TrainSettings, rounds: tuple[int, int], dataset: SequenceDataset,
+              epoch: tuple[list[np.ndarray], list[np.ndarray]], rotation: int) -> list[Contender]:
+    """Time every variant at one (T, M): rounds = (train repeats, inference repeats), in turns."""
+    contenders = []
+    for variant in variants:
+        torch.manual_seed(settings.seed)
+        config = ModelConfig(num_items=num_items, model=variant.model, rule=variant.rule,
+                             block_len=block_len, slots=slots, **dims)
+        model = build_model(config)
+        optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        contenders.append(Contender(variant, config, model, optimizer, [], []))
+    for contender in contenders:  # warm-up: first-call allocations and lazy inits stay out of the timings
+        with tqdm(disable=True) as bar:
+            train_epoch(contender.model, contender.optimizer, epoch[0], epoch[1][:1], settings, bar, None)
+    train_rounds, inference_rounds = rounds
+    for round_index in range(max(train_rounds, inference_rounds)):
+        shift = (rotation + round_index) % len(contenders)
+        for contender in contenders[shift:] + contenders[:shift]:
+            if round_index < train_rounds:
+                contender.train.append(time_train_epoch(contender, *epoch, settings))
+            if round_index < inference_rounds:
+                contender.inference.append(time_inference(contender, dataset, settings.eval_batch_size))
+    return contenders
+
+
+def _median(timings: list[Timing], clock: str) -> float:
+    return statistics.median(getattr(t, clock) for t in timings)
+
+
+def group_records(contenders: list[Contender], events: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per-variant timing records and the SRMN/CmnRec speedups of one (T, M) group."""
+    records = []
+    for c in contenders:
+        records.append({
+            "block_len": c.config.block_len, "slots": c.config.slots, "variant": c.variant.name,
+            "rule": c.config.rule,
+            "memory_accesses_per_block": len(chunk_times(c.config.block_len, c.config.slots, c.config.rule)),
+            "parameters": count_parameters(c.model),
+            "train_seconds": _median(c.train, "wall"), "train_cpu_seconds": _median(c.train, "cpu"),
+            "train_events_per_second": events / _median(c.train, "wall"),
+            "inference_seconds": _median(c.inference, "wall"),
+            "inference_cpu_seconds": _median(c.inference, "cpu"),
+            "train_runs": [dataclasses.asdict(t) for t in c.train],
+            "inference_runs": [dataclasses.asdict(t) for t in c.inference],
+        })
+    baseline = next(r for r in records if r["variant"] == BASELINE)
+    speedups = [{"block_len": r["block_len"], "slots": r["slots"], "variant": r["variant"],
+                 **{f"{phase}{clock}_speedup": baseline[f"{phase}{clock}_seconds"] / r[f"{phase}{clock}_seconds"]
+                    for phase in ("train", "inference") for clock in ("", "_cpu")}}
+                for r in records if r["variant"] != BASELINE]
+    return records, speedups
+
+
+def render_markdown(payload: dict[str, Any]) -> str:
+    s, m, d = payload["settings"], payload["machine"], payload["dataset"]
+    rivals = [v for v in s["variants"] if v != BASELINE]
+    dims = ", ".join(f"{key}={value}" for key, value in s["dims"].items())
+    lines = [
+        "# Training and inference speed: SRMN vs CmnRec",
+        "",
+        f"Measured {payload['date']} by `bench/train_speed.py` on {m['cpu']} ({m['torch_threads']} torch "
+        f"thread(s), torch {m['torch']}, git {m['git']}), a shared machine: load average "
+        f"{payload['load_average_start'][0]:.1f} at the start, {m['load_average_1_5_15'][0]:.1f} at the end; "
+        f"total run {payload['total_seconds'] / 60:.1f} min.",
+        f"Data: {d['name']}, {d['users']} users, {d['interactions']} interactions; one training epoch = "
+        f"{payload['train_targets_per_epoch']} predicted events in batches of {s['batch_size']} users "
+        f"(trainer's train_epoch: forward, cross-entropy, backward, clip, Adam, block by block); "
+        f"inference = leave_one_out_ranks over all {d['users']} users (batches of {s['eval_batch_size']}, no grad).",
+        f"Sizes: {s['dims_name']} ({dims}). Median of {s['train_repeats']} training epoch(s) and "
+        f"{s['inference_repeats']} inference pass(es) per network; networks of one (T, M) timed in turns.",
+        "Speedup = SRMN seconds / CmnRec seconds. Paper (GPU, TensorFlow): training up to "
+        f"{PAPER['train_speedup_max']}x; inference {PAPER['inference_speedup_T100']}, "
+        f"{PAPER['inference_speedup_T50']}.",
+    ]
+    speed = {(r["block_len"], r["slots"], r["variant"]): r for r in payload["speedups"]}
+    groups = sorted({(r["block_len"], r["slots"]) for r in payload["results"]})
+
+    def ratio(record: dict[str, Any], phase: str) -> str:
+        return f"{record[f'{phase}_speedup']:.2f}x ({record[f'{phase}_cpu_speedup']:.2f}x)"
+
+    summary = markdown_table(
+        ["T", "M"] + [f"train speedup {v}" for v in rivals] + [f"inference speedup {v}" for v in rivals],
+        [[t, m, *(ratio(speed[(t, m, v)], "train") for v in rivals),
+          *(ratio(speed[(t, m, v)], "inference") for v in rivals)] for t, m in groups])
+    details = markdown_table(
+        ["T", "M", "network", "memory accesses / block", "train epoch s", "train CPU s", "inference s",
+         "inference CPU s", "parameters"],
+        [[r["block_len"], r["slots"], r["variant"], r["memory_accesses_per_block"], f"{r['train_seconds']:.1f}",
+          f"{r['train_cpu_seconds']:.1f}", f"{r['inference_seconds']:.2f}", f"{r['inference_cpu_seconds']:.2f}",
+          f"{r['parameters']:,}"] for r in payload["results"]])
+    lines += ["", "Speedup SRMN / CmnRec, wall clock (CPU time in brackets):", "", summary,
+              "", "Medians per network:", "", details]
+    if payload["speedups"]:
+        best_train = max(payload["speedups"], key=lambda r: r["train_speedup"])
+        best_infer = max(payload["speedups"], key=lambda r: r["inference_speedup"])
+        lines += ["", f"Largest training speedup (wall): {best_train['train_speedup']:.2f}x ({best_train['variant']}, "
+                      f"T={best_train['block_len']}, M={best_train['slots']}); largest inference speedup (wall): "
+                      f"{best_infer['inference_speedup']:.2f}x ({best_infer['variant']}, "
+                      f"T={best_infer['block_len']}, M={best_infer['slots']})."]
+    return "\n".join(lines)
+
+
+def main(
+    dims: Annotated[str, typer.Option(help="Model sizes: paper (k=128,H=256,W=256,b=64) or small.")] = "paper",
+    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
+    block_lens: Annotated[str, typer.Option(help="Values of T.")] = "50,100",
+    slots: Annotated[str, typer.Option(help="Values of M.")] = "2,4,6,9,12",
+    rules: Annotated[str, typer.Option(help="CmnRec chunk rules to compare with SRMN.")] = "pec,tsc",
+    train_repeats: Annotated[int, typer.Option(min=1, help="Training epochs timed per network.")] = 1,
+    inference_repeats: Annotated[int, typer.Option(min=1, help="Inference passes timed per network.")] = 3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Users per training batch.")] = 64,
+    eval_batch_size: Annotated[int, typer.Option(min=1, help="Users per inference batch.")] = 128,
+    seed: Annotated[int, typer.Option()] = 0,
+    dataset: Annotated[str, typer.Option(help="Data set name or ratings file.")] = "ml-100k",
+    users: Annotated[int | None, typer.Option(min=3, help="Keep only the first N users (quick checks).")] = None,
+    out: Annotated[Path, typer.Option(help="JSON result file; the markdown goes beside it.")] =
+    RESULTS_DIR / "train_speed.json",
+) -> None:
+    """Time SRMN and CmnRec side by side and report the speedups."""
+    if dims not in DIMS:
+        raise typer.BadParameter(f"expected one of {', '.join(DIMS)}, got {dims!r}", param_hint="--dims")
+    try:
+        block_values, slot_values = parse_ints(block_lens), parse_ints(slots)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--block-lens / --slots") from None
+    rule_values = [r.strip() for r in rules.split(",") if r.strip()]
+    bad = [r for r in rule_values if r not in ("pec", "tsc", "exc")]
+    if bad or not rule_values:
+        raise typer.BadParameter(f"expected some of pec, tsc, exc, got {rules!r}", param_hint="--rules")
+    variants = [SpeedVariant(BASELINE, "srmn", "every")]
+    variants += [SpeedVariant(f"cmnrec-{rule}", "cmnrec", rule) for rule in rule_values]
+    settings = TrainSettings(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
+                             threads=threads)
+    torch.set_num_threads(threads)
+    data = benchmark_dataset(dataset, users)
+    sequences, batches, targets = epoch_batches(data, batch_size, seed)
+    payload: dict[str, Any] = {
+        "benchmark": "train_speed", "date": now_utc(), "dataset": dataset_info(data),
+        "settings": {"dims_name": dims, "dims": DIMS[dims], "block_lens": block_values, "slots": slot_values,
+                     "variants": [v.name for v in variants], "train_repeats": train_repeats,
+                     "inference_repeats": inference_repeats, "batch_size": batch_size,
+                     "eval_batch_size": eval_batch_size, "threads": threads, "lr": settings.lr,
+                     "clip_norm": settings.clip_norm, "deterministic": settings.deterministic, "seed": seed},
+        "train_targets_per_epoch": targets,
+        "paper": PAPER, "results": [], "speedups": [], "machine": machine_info(), "total_seconds": 0.0,
+    }
+    payload["load_average_start"] = payload["machine"]["load_average_1_5_15"]
+    began = time.perf_counter()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(settings.deterministic)  # as train_model runs it
+    try:
+        groups = [(t, m) for t in block_values for m in slot_values if m <= t]
+        skipped = [f"T={t} M={m}" for t in block_values for m in slot_values if m > t]
+        if skipped:
+            typer.echo(f"skipped (M > T): {', '.join(skipped)}", err=True)
+        for index, (block_len, slot_count) in enumerate(groups):
+            typer.echo(f"[{index + 1}/{len(groups)}] T={block_len} M={slot_count} ...", err=True)
+            contenders = run_group(variants, data.num_items, DIMS[dims], block_len, slot_count, settings,
+                                   (train_repeats, inference_repeats), data, (sequences, batches), index)
+            records, speedups = group_records(contenders, targets)
+            payload["results"] += records
+            payload["speedups"] += speedups
+            for r in records:
+                typer.echo(f"    {r['variant']:<11} train {r['train_seconds']:6.1f} s  "
+                           f"inference {r['inference_seconds']:6.2f} s", err=True)
+            payload["machine"] = machine_info()
+            payload["total_seconds"] = time.perf_counter() - began
+            save_results(out, payload, render_markdown(payload))
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+    typer.echo(render_markdown(payload))
+    typer.echo(f"\nsaved {out} and {out.with_suffix('.md')}", err=True)
+
+
+if __name__ == "__main__":
+    typer.run(main)
