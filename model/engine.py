@@ -4,6 +4,11 @@ apply() takes one event for each of B different users with their state blobs and
 blobs and the next-item scores. Per call, each graph runs once on the whole batch: the controller
 for every row, the memory only for the rows whose event falls on a chunk time (so a non-chunk event
 costs one controller step and the output layer), and the output layer for every row.
+
+apply_sequences() takes several events per user: the states are decoded once, wave k steps the
+k-th event of every row that has one (the same controller and memory runs as apply() on those
+rows), the states are encoded once at the end, and the output layer runs only when scores are
+asked for (once, after each row's last event).
 """
 from __future__ import annotations
 
@@ -23,8 +28,8 @@ from training.data import ItemVocab
 
 STAGES = ("decode", "controller", "memory", "output", "encode")
 
-__all__ = ["STAGES", "StateError", "StateFormatError", "StateVersionError", "StepEngine",
-           "StepResult"]
+__all__ = ["STAGES", "SequenceResult", "StateError", "StateFormatError", "StateVersionError",
+           "StepEngine", "StepResult"]
 
 
 @dataclass
@@ -35,6 +40,17 @@ class StepResult:
     scores: np.ndarray  # [B, I] float32 next-item logits (index 0 is padding: never recommend it)
     chunk: np.ndarray  # [B] bool: the event fell on a chunk time (memory written and read)
     positions: np.ndarray  # [B] int64: events absorbed after this event
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES)
+
+
+@dataclass
+class SequenceResult:
+    """What one apply_sequences() produced, row by row in the order of the inputs."""
+
+    states: list[bytes]  # [B] state blobs after each row's last event
+    positions: np.ndarray  # [B] int64: events absorbed after each row's last event
+    chunk: list[np.ndarray]  # [B] arrays [L_b] bool: event j of row b fell on a chunk time
+    scores: np.ndarray | None  # [B, I] float32 logits after each row's last event, or None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES)
 
 
@@ -139,33 +155,79 @@ class StepEngine:
         Raises StateVersionError for a blob of another model version, StateFormatError for a
         corrupt one, ValueError for a bad item id or mismatched lengths.
         """
-        clock = time.perf_counter
-        t0 = clock()
+        timings = dict.fromkeys(STAGES, 0.0)  # a stage that does not run takes exactly 0.0 s
+        tic = time.perf_counter()
         items = self._check_items(items, len(states))
         arrays = self.codec.decode_batch(states)
-        chunk = self._mask[arrays["pos"] % len(self._mask)]
-        t1 = clock()
+        timings["decode"] += time.perf_counter() - tic
+        chunk = self._step(arrays, items, timings)
+        scores = self._timed_output(arrays, timings)
+        blobs = self._timed_encode(arrays, timings)
+        return StepResult(blobs, scores, chunk, arrays["pos"].copy(), timings)
 
+    def apply_sequences(self, items: Sequence[Sequence[int]], states: Sequence[bytes], *,
+                        scores: bool = False) -> SequenceResult:
+        """Several events per row (rows are different users), in order. items: [B] lists of
+        internal ids in 1..I-1, of any lengths L_b >= 0.
+
+        The same maths, batch by batch, as calling apply() once per wave k on the rows that have a
+        k-th event, but each state is decoded and encoded once and the output layer runs only when
+        `scores` is asked for. A row without events keeps its state (and gets its scores). Same
+        errors as apply().
+        """
+        timings = dict.fromkeys(STAGES, 0.0)
+        tic = time.perf_counter()
+        if len(items) != len(states):
+            raise ValueError(f"items: expected {len(states)} sequences (one per state), got"
+                             f" {len(items)}")
+        if not states:
+            raise ValueError("items: empty batch")
+        lengths = np.fromiter((len(row) for row in items), dtype=np.int64, count=len(items))
+        flat = self._check_items([i for row in items for i in row], int(lengths.sum()),
+                                 allow_empty=True)
+        arrays = self.codec.decode_batch(states)
+        # waves[k, b]: the k-th event of row b (0 where row b has fewer events)
+        waves = np.zeros((int(lengths.max(initial=0)), len(items)), dtype=np.int64)
+        waves.T[np.arange(waves.shape[0]) < lengths[:, None]] = flat
+        timings["decode"] += time.perf_counter() - tic
+        flags = np.zeros(waves.shape, dtype=bool)
+        for k, wave in enumerate(waves):
+            active = np.flatnonzero(k < lengths)
+            if active.size == len(items):
+                flags[k] = self._step(arrays, wave, timings)
+                continue
+            rows = {name: value[active] for name, value in arrays.items()}
+            flags[k, active] = self._step(rows, wave[active], timings)
+            tic = time.perf_counter()
+            for name, value in rows.items():
+                target = arrays[name]
+                if not target.flags.writeable:
+                    target = arrays[name] = target.copy()
+                target[active] = value
+            timings["decode"] += time.perf_counter() - tic  # moving rows counts as state handling
+        logits = self._timed_output(arrays, timings) if scores else None
+        blobs = self._timed_encode(arrays, timings)
+        chunk = [flags[:length, row] for row, length in enumerate(lengths.tolist())]
+        return SequenceResult(blobs, arrays["pos"].copy(), chunk, logits, timings)
+
+    def _step(self, arrays: dict[str, np.ndarray], items: np.ndarray,
+              timings: dict[str, float]) -> np.ndarray:
+        """One event per row, in place in `arrays`: the controller for every row, then the memory
+        for the chunk rows. Returns [B] bool chunk flags (from each row's pos before the event)."""
+        clock = time.perf_counter
+        t0 = clock()
+        chunk = self._mask[arrays["pos"] % len(self._mask)]
         graph = self._graphs["controller"]
         feeds = {name: arrays[name] for name in graph.inputs if name != "items"}
         feeds["items"] = items
         for name, value in zip(graph.output_fields, graph.run(feeds)):
             arrays[name] = value
-        t2 = clock()
-
-        t3 = t2  # a stage that does not run takes exactly 0.0 s
+        t1 = clock()
+        timings["controller"] += t1 - t0
         if "memory" in self._graphs and chunk.any():
             self._memory(arrays, chunk)
-            t3 = clock()
-
-        scores = self._output(arrays)
-        t4 = clock()
-
-        blobs = self.codec.encode_batch(arrays)
-        t5 = clock()
-        timings = {"decode": t1 - t0, "controller": t2 - t1, "memory": t3 - t2,
-                   "output": t4 - t3, "encode": t5 - t4}
-        return StepResult(blobs, scores, chunk, arrays["pos"].copy(), timings)
+            timings["memory"] += clock() - t1
+        return chunk
 
     def _memory(self, arrays: dict[str, np.ndarray], chunk: np.ndarray) -> None:
         """Write-then-read for the chunk rows, in place in `arrays`."""
@@ -186,6 +248,18 @@ class StepEngine:
     def _output(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         graph = self._graphs["output"]
         return graph.run({name: arrays[name] for name in graph.inputs})[0]
+
+    def _timed_output(self, arrays: dict[str, np.ndarray], timings: dict[str, float]) -> np.ndarray:
+        tic = time.perf_counter()
+        scores = self._output(arrays)
+        timings["output"] += time.perf_counter() - tic
+        return scores
+
+    def _timed_encode(self, arrays: dict[str, np.ndarray], timings: dict[str, float]) -> list[bytes]:
+        tic = time.perf_counter()
+        blobs = self.codec.encode_batch(arrays)
+        timings["encode"] += time.perf_counter() - tic
+        return blobs
 
     def scores(self, states: Sequence[bytes]) -> np.ndarray:
         """[B, I] next-item logits from stored states, without changing them."""
@@ -237,11 +311,12 @@ class StepEngine:
         return list(zip(chosen.tolist(), row[chosen].tolist()))
 
     # -- checks ----------------------------------------------------------------------------------
-    def _check_items(self, items: Sequence[int], batch: int) -> np.ndarray:
-        items = np.asarray(items)
+    def _check_items(self, items: Sequence[int], batch: int, *,
+                     allow_empty: bool = False) -> np.ndarray:
+        items = np.asarray(items, dtype=np.int64 if len(items) == 0 else None)
         if items.ndim != 1 or items.shape[0] != batch:
             raise ValueError(f"items: expected {batch} ids (one per state), got shape {items.shape}")
-        if batch == 0:
+        if batch == 0 and not allow_empty:
             raise ValueError("items: empty batch")
         if not np.issubdtype(items.dtype, np.integer):
             raise ValueError(f"items: internal ids must be integers, got {items.dtype}")
