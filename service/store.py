@@ -8,13 +8,17 @@ Per user (keys in service/keys.py, all under one hash tag):
     events   the user's last `event_window` event ids, oldest first (de-duplication)
 
 Applying events (`StateStore.apply_batch`, the one code path of the HTTP API and the stream worker):
-1. read every touched user in one pipelined round trip (blob, version, pos, and whether each
-   event id was seen; the recent items too when excluding seen items);
+1. read every touched user in one pipelined round trip: per user one MGET (blob, version, pos)
+   and, when its events carry ids, one EVENT_IDS_SCRIPT call telling which ids are stored (the
+   recent items too when excluding seen items);
 2. a blob of another model version (or a corrupt one) is never fed to the model: the user's state
    is rebuilt by replaying the stored recent items from the initial state (cmnrec_state_rebuilds_total);
 3. events whose id is already stored, or repeated inside the batch, are no-ops (applied=false);
-4. the rest is stepped in waves: the k-th new event of every user goes into wave k, one batched
-   engine call per wave, so one user's events keep their order and different users share a call;
+4. the rest is stepped in waves: the k-th new event of every user goes into wave k, so one user's
+   events keep their order and different users share each graph run. Without recommendations
+   (n = 0, the stream worker) the whole batch is one engine.apply_sequences call (states decoded
+   and encoded once, no output layer); with n > 0, one engine.apply call per wave (scores after
+   every event);
 5. each user's new blob is committed by CAS_SCRIPT, which writes only if pos, version and the blob
    are still what step 1 read and none of the event ids arrived meanwhile; a user that lost the race
    is read and stepped again (at most `retry_limit` attempts; cmnrec_cas_conflicts_total).
@@ -105,6 +109,22 @@ return {1, ARGV[6]}
 """
 CAS_COMMITTED, CAS_CONFLICT, CAS_DUPLICATE = 1, 0, 2
 _CAS_FIXED_ARGS = 9
+
+EVENT_IDS_SCRIPT = """
+-- cmnrec: which event ids one user's recent event-id list holds (reads only).
+-- KEYS[1] recent event ids (list)
+-- ARGV[1..] event ids
+-- Returns one integer per ARGV, in order: 1 when the list holds that id, 0 otherwise.
+local found = {}
+for i = 1, #ARGV do
+  if redis.call('LPOS', KEYS[1], ARGV[i]) then
+    found[i] = 1
+  else
+    found[i] = 0
+  end
+end
+return found
+"""
 
 _UNAVAILABLE_REPLIES = ("OOM", "READONLY", "MASTERDOWN", "LOADING", "CLUSTERDOWN", "TRYAGAIN",
                         "BUSY", "NOREPLICAS", "MISCONF")
@@ -236,8 +256,14 @@ class _UserWork:
     start_state: bytes = b""
     rebuilt: bool = False
     to_apply: list[int] = field(default_factory=list)  # indices of events to step, in order
-    states_after: list[bytes] = field(default_factory=list)  # state after each applied event
+    states_after: list[bytes] = field(default_factory=list)  # n > 0: state after each applied event
+    final_state: bytes | None = None  # state after the last applied event (None: none applied)
     outcome: dict[int, tuple[bool, int, bool]] = field(default_factory=dict)  # idx -> applied,pos,chunk
+
+    @property
+    def committed_state(self) -> bytes:
+        """The state this attempt commits: after the applied events, or as read (or rebuilt)."""
+        return self.final_state if self.final_state is not None else self.start_state
 
 
 class StateStore:
@@ -260,6 +286,7 @@ class StateStore:
         self.event_window = event_window
         self.retry_limit = retry_limit
         self._cas = redis.register_script(CAS_SCRIPT)
+        self._event_ids = redis.register_script(EVENT_IDS_SCRIPT)
         self._locks = KeyedLocks()
         self._initial_state: bytes = engine.initial_state()
 
@@ -406,37 +433,49 @@ class StateStore:
 
     async def _read(self, work: list[_UserWork], events: Sequence[Event], timer: _Timer,
                     need_recent: bool) -> None:
-        """One pipelined round trip: blob, version, pos, event-id lookups (+ recent items)."""
+        """One pipelined round trip: per user an MGET of blob, version and pos, one
+        EVENT_IDS_SCRIPT call for the event ids of its events (+ its recent items)."""
         tic = time.perf_counter()
         plans = []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for w in work:
-                keys = self.keys.user(w.user_id)
-                pipe.get(keys.state).get(keys.version).get(keys.pos)
-                if need_recent:
-                    pipe.lrange(keys.recent, 0, -1)
-                event_ids = sorted({events[i].event_id for i in w.indices if events[i].event_id})
-                for event_id in event_ids:
-                    pipe.lpos(keys.events, event_id)
-                plans.append((keys, event_ids))
-            replies = await self._call(pipe.execute())
+        for w in work:
+            keys = self.keys.user(w.user_id)
+            event_ids = sorted({events[i].event_id for i in w.indices if events[i].event_id})
+            plans.append((keys, event_ids))
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys, event_ids in plans:
+                    pipe.mget(keys.state, keys.version, keys.pos)
+                    if need_recent:
+                        pipe.lrange(keys.recent, 0, -1)
+                    if event_ids:
+                        pipe.evalsha(self._event_ids.sha, 1, keys.events, *event_ids)
+                replies = await self._call(pipe.execute(raise_on_error=False))
+            errors = [r for r in replies if isinstance(r, Exception)]
+            if not errors:
+                break
+            if attempt == 0 and all(isinstance(e, NoScriptError) for e in errors):
+                # Redis lost its scripts (restart, SCRIPT FLUSH): load and read again.
+                await self._call(self.redis.script_load(EVENT_IDS_SCRIPT))
+                continue
+            error = next((e for e in errors if not isinstance(e, NoScriptError)), errors[0])
+            self._raise_unavailable_or(error)
         cursor = 0
         for w, (keys, event_ids) in zip(work, plans):
-            blob, version, pos = replies[cursor:cursor + 3]
-            cursor += 3
+            blob, version, pos = replies[cursor]
+            cursor += 1
             recent = None
             if need_recent:
                 recent = [_text(x) for x in replies[cursor]]
                 cursor += 1
-            found = replies[cursor:cursor + len(event_ids)]
-            cursor += len(event_ids)
+            found: list[int] = []
+            if event_ids:
+                found = replies[cursor]
+                cursor += 1
             w.read = _UserRead(keys=keys, blob=blob, version=_text(version) if version else "",
                                pos=_text(pos) if pos is not None else "", recent=recent,
-                               seen_event_ids={e for e, hit in zip(event_ids, found)
-                                               if hit is not None})
+                               seen_event_ids={e for e, hit in zip(event_ids, found) if hit})
             w.start_state = blob if blob is not None else self._initial_state
         timer.add(Stage.STATE_READ, time.perf_counter() - tic)
-
 
     async def _rebuild_stale(self, work: list[_UserWork], timer: _Timer) -> None:
         """Replace a blob of another model version (or a corrupt one) by a replay of the user's
@@ -485,13 +524,7 @@ class StateStore:
 
     def _replay(self, replays: list[list[int]]) -> list[bytes]:
         """States after stepping each item list from the initial state, users batched per wave."""
-        states = [self._initial_state] * len(replays)
-        for k in range(max((len(items) for items in replays), default=0)):
-            rows = [r for r, items in enumerate(replays) if len(items) > k]
-            result = self.engine.apply([replays[r][k] for r in rows], [states[r] for r in rows])
-            for j, r in enumerate(rows):
-                states[r] = result.states[j]
-        return states
+        return self.engine.apply_sequences(replays, [self._initial_state] * len(replays)).states
 
     @staticmethod
     def _mark_duplicates(work: list[_UserWork], events: Sequence[Event]) -> None:
@@ -499,7 +532,7 @@ class StateStore:
         for w in work:
             assert w.read is not None
             seen = set(w.read.seen_event_ids)
-            w.to_apply, w.states_after, w.outcome = [], [], {}
+            w.to_apply, w.states_after, w.final_state, w.outcome = [], [], None, {}
             for index in w.indices:
                 event_id = events[index].event_id
                 if event_id and event_id in seen:
@@ -511,50 +544,80 @@ class StateStore:
 
     def _step_waves(self, work: list[_UserWork], items: list[int], n: int, exclude_seen: bool,
                     timer: _Timer) -> dict[int, list[Recommendation]]:
-        """Wave k steps the k-th new event of every user in one engine call."""
+        """Wave k steps the k-th new event of every user (see the module docstring)."""
+        if n == 0:
+            self._step_sequences(work, items, timer)
+            return {}
         recs: dict[int, list[Recommendation]] = {}
-        seen = {w.user_id: self._seen_ids(w.read, []) for w in work} if (n and exclude_seen) else {}
+        seen = {w.user_id: self._seen_ids(w.read, []) for w in work} if exclude_seen else {}
         for k in range(max((len(w.to_apply) for w in work), default=0)):
             rows = [w for w in work if len(w.to_apply) > k]
             indices = [w.to_apply[k] for w in rows]
             states = [w.states_after[-1] if w.states_after else w.start_state for w in rows]
             tic = time.perf_counter()
             result = self.engine.apply([items[i] for i in indices], states)
-            timer.add(Stage.MODEL, time.perf_counter() - tic)
-            for name, seconds in result.timings.items():
-                if name in _ENGINE_STAGES:
-                    timer.add(_ENGINE_STAGES[name], seconds)
-            metrics.ENGINE_BATCH_ROWS.observe(len(rows))
+            self._add_engine_timings(timer, time.perf_counter() - tic, result.timings, len(rows))
             for j, (w, index) in enumerate(zip(rows, indices)):
                 w.states_after.append(result.states[j])
+                w.final_state = result.states[j]
                 w.outcome[index] = (True, int(result.positions[j]), bool(result.chunk[j]))
-            if n > 0:
-                tic = time.perf_counter()
-                exclude = None
-                if exclude_seen:
-                    for w, index in zip(rows, indices):
-                        seen[w.user_id].add(items[index])
-                    exclude = [seen[w.user_id] for w in rows]
-                ranked = self._to_recommendations(self.engine.top_n(result.scores, n, exclude))
-                for index, ranking in zip(indices, ranked):
-                    recs[index] = ranking
-                timer.add(Stage.TOPN, time.perf_counter() - tic)
+            tic = time.perf_counter()
+            exclude = None
+            if exclude_seen:
+                for w, index in zip(rows, indices):
+                    seen[w.user_id].add(items[index])
+                exclude = [seen[w.user_id] for w in rows]
+            ranked = self._to_recommendations(self.engine.top_n(result.scores, n, exclude))
+            for index, ranking in zip(indices, ranked):
+                recs[index] = ranking
+            timer.add(Stage.TOPN, time.perf_counter() - tic)
         return recs
+
+    def _step_sequences(self, work: list[_UserWork], items: list[int], timer: _Timer) -> None:
+        """n = 0: every user's new events in one engine call; only the final states are kept.
+        Event j of a user ends at position (start position + j + 1)."""
+        rows = [w for w in work if w.to_apply]
+        if not rows:
+            return
+        tic = time.perf_counter()
+        result = self.engine.apply_sequences([[items[i] for i in w.to_apply] for w in rows],
+                                             [w.start_state for w in rows])
+        self._add_engine_timings(timer, time.perf_counter() - tic, result.timings, len(rows))
+        for w, state, end, flags in zip(rows, result.states, result.positions.tolist(),
+                                        result.chunk):
+            w.final_state = state
+            first = end - len(w.to_apply) + 1
+            for j, (index, chunk) in enumerate(zip(w.to_apply, flags.tolist())):
+                w.outcome[index] = (True, first + j, chunk)
+
+    @staticmethod
+    def _add_engine_timings(timer: _Timer, seconds: float, timings: dict[str, float],
+                            rows: int) -> None:
+        timer.add(Stage.MODEL, seconds)
+        for name, stage_seconds in timings.items():
+            if name in _ENGINE_STAGES:
+                timer.add(_ENGINE_STAGES[name], stage_seconds)
+        metrics.ENGINE_BATCH_ROWS.observe(rows)
 
     def _recommend_duplicates(self, work: list[_UserWork], items: list[int], n: int,
                               exclude_seen: bool, recs: dict[int, list[Recommendation]],
                               timer: _Timer) -> None:
-        """Fill in position (and recommendations) of no-op events from the state at that point."""
+        """Fill in position (and recommendations) of no-op events: the position of the state at
+        that point is the start position plus the events applied before it."""
         rows: list[tuple[int, bytes, set[int]]] = []
         for w in work:
+            if len(w.to_apply) == len(w.indices):
+                continue  # no no-op events
+            start_pos = int(self.engine.state_pos(w.start_state))
             applied_before: list[int] = []
             for index in w.indices:
                 if w.outcome[index][0]:
                     applied_before.append(index)
                     continue
-                state = w.states_after[len(applied_before) - 1] if applied_before else w.start_state
-                w.outcome[index] = (False, int(self.engine.state_pos(state)), False)
+                w.outcome[index] = (False, start_pos + len(applied_before), False)
                 if n > 0:
+                    state = (w.states_after[len(applied_before) - 1] if applied_before
+                             else w.start_state)
                     exclude = (self._seen_ids(w.read, [items[i] for i in applied_before])
                                if exclude_seen else set())
                     rows.append((index, state, exclude))
@@ -578,7 +641,7 @@ class StateStore:
         finals = []
         for w in changed:
             assert w.read is not None
-            final = w.states_after[-1] if w.states_after else w.start_state
+            final = w.committed_state
             args: list[Any] = [w.read.pos, w.read.version, w.read.digest, final,
                                self.model_version, int(self.engine.state_pos(final)),
                                self.ttl_seconds, self.recent_cap, self.event_window]

@@ -265,3 +265,88 @@ async def test_open_redis_uses_a_bounded_pool(make_settings):
         assert await client.ping()
     finally:
         await client.aclose()
+
+
+async def test_batch_without_recommendations_steps_all_users_in_one_engine_call(
+        make_settings, engine, redis_url, key_prefix):
+    """n = 0 (the stream worker): one apply_sequences call, no output layer, the same states and
+    outcomes (positions of repeated ids included) as the n > 0 path and as one event per call."""
+    events = [Event("u1", ITEMS[0], "a"), Event("u2", ITEMS[1], "b"), Event("u1", ITEMS[2], "c"),
+              Event("u3", ITEMS[3]), Event("u1", ITEMS[4], "pre"), Event("u2", ITEMS[5], "b"),
+              Event("u1", ITEMS[6], "d"), Event("u2", ITEMS[7], "e"), Event("u1", ITEMS[8], "a"),
+              Event("u1", ITEMS[9], "f"), Event("u1", ITEMS[10], "g"), Event("u3", ITEMS[11])]
+    users = ("u1", "u2", "u3")
+    outcomes, states = {}, {}
+    try:
+        for label, n in (("single", None), ("ranked", 3), ("plain", 0)):
+            async with open_store(make_settings(key_prefix=f"{key_prefix}-{label}"), engine) as store:
+                for i, item in enumerate(ITEMS[:7]):  # u1 starts at position 7: a chunk time ahead
+                    await store.apply(Event("u1", item, "pre" if i == 6 else f"p{i}"))
+                calls = engine.graph_calls()
+                if n is None:
+                    results = [await store.apply(e) for e in events]
+                else:
+                    results = await store.apply_batch(events, n=n)
+                after = engine.graph_calls()
+                outcomes[label] = [(r.applied, r.position, r.chunk_time) for r in results]
+                states[label] = [(await store.snapshot(u)).state for u in users]
+                if n == 0:
+                    assert after["controller"] - calls["controller"] == 5  # u1: 5 new events
+                    assert after["output"] == calls["output"]
+                    assert all(r.recommendations == [] for r in results)
+    finally:
+        from tests.conftest import delete_prefix
+        for label in ("single", "ranked", "plain"):
+            delete_prefix(redis_url, f"{key_prefix}-{label}")
+    assert outcomes["plain"] == outcomes["ranked"] == outcomes["single"]
+    assert states["plain"] == states["ranked"] == states["single"]
+    assert [applied for applied, _, _ in outcomes["plain"]] == \
+        [True, True, True, True, False, False, True, True, False, True, True, True]
+    assert outcomes["plain"][4] == (False, 9, False)  # u1 after 7 stored + 2 new events
+    assert outcomes["plain"][8] == (False, 10, False)
+    assert any(chunk for _, _, chunk in outcomes["plain"])
+    assert states["plain"][0] == replay(engine, ITEMS[:7] + [ITEMS[i] for i in (0, 2, 6, 9, 10)])
+
+
+async def test_batch_of_repeated_ids_only_changes_nothing(make_settings, engine):
+    async with open_store(make_settings(), engine) as store:
+        await store.apply_batch([Event("olga", item, f"e-{i}") for i, item in enumerate(ITEMS[:5])])
+        before = await store.snapshot("olga")
+        again = await store.apply_batch([Event("olga", item, f"e-{i}")
+                                         for i, item in enumerate(ITEMS[:5])])
+        after = await store.snapshot("olga")
+    assert [(r.applied, r.position) for r in again] == [(False, 5)] * 5
+    assert after == before
+
+
+async def test_lost_scripts_are_reloaded(make_settings, engine, redis_url):
+    """After SCRIPT FLUSH (as after a Redis restart) the event-id lookup and the compare-and-set
+    load their scripts again; repeated ids are still recognised."""
+    async with open_store(make_settings(), engine) as store:
+        await store.apply(Event("pete", ITEMS[0], "e-1"))
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            await client.script_flush()
+        finally:
+            await client.aclose()
+        results = await store.apply_batch([Event("pete", ITEMS[0], "e-1"),
+                                           Event("pete", ITEMS[1], "e-2")])
+        snap = await store.snapshot("pete")
+    assert [(r.applied, r.position) for r in results] == [(False, 1), (True, 2)]
+    assert snap.state == replay(engine, ITEMS[:2]) and snap.event_ids == ["e-1", "e-2"]
+
+
+async def test_stale_states_of_several_users_are_rebuilt_in_one_batch(make_settings, engine,
+                                                                      other_engine):
+    settings = make_settings()
+    histories = {"quinn": ITEMS[:3], "rosa": ITEMS[3:9], "sam": ITEMS[9:10]}
+    async with open_store(settings, other_engine) as old:
+        await old.apply_batch([Event(user, item) for user, items in histories.items()
+                               for item in items])
+    async with open_store(settings, engine) as new:
+        results = await new.apply_batch([Event(user, ITEMS[12]) for user in histories])
+        snaps = {user: await new.snapshot(user) for user in histories}
+    assert all(r.rebuilt and r.applied for r in results)
+    assert [r.position for r in results] == [len(items) + 1 for items in histories.values()]
+    for user, items in histories.items():
+        assert snaps[user].state == replay(engine, list(items) + [ITEMS[12]])
