@@ -338,11 +338,11 @@ class StateStore:
                 wave_recs = self._step_waves(work, items, n, exclude_seen, timer)
                 self._recommend_duplicates(work, items, n, exclude_seen, wave_recs, timer)
                 lost = await self._commit(work, events, timer)
-                for w in work:
-                    if w.user_id in lost:
-                        continue
+                committed = [w for w in work if w.user_id not in lost]
+                # committed: counted even if a later attempt for another user fails
+                self._count_outcomes(o for w in committed for o in w.outcome.values())
+                for w in committed:
                     outcomes.update(w.outcome)
-                    self._count_outcomes(w.outcome.values())  # committed, even if a later user fails
                     if w.rebuilt:
                         rebuilt_users.add(w.user_id)
                     for index in w.indices:
