@@ -191,13 +191,18 @@ class StepEngine:
         waves.T[np.arange(waves.shape[0]) < lengths[:, None]] = flat
         timings["decode"] += time.perf_counter() - tic
         flags = np.zeros(waves.shape, dtype=bool)
-        for k, wave in enumerate(waves):
-            active = np.flatnonzero(k < lengths)
-            if active.size == len(items):
-                flags[k] = self._step(arrays, wave, timings)
+        first = 0
+        # Between two consecutive row lengths the same rows are active: gather them once, step
+        # them wave after wave, and put them back once.
+        for end in np.unique(lengths[lengths > 0]).tolist():
+            active = np.flatnonzero(lengths >= end)
+            rows = arrays if active.size == len(items) else {
+                name: value[active] for name, value in arrays.items()}
+            for k in range(first, end):
+                flags[k, active] = self._step(rows, waves[k, active], timings)
+            first = end
+            if rows is arrays:
                 continue
-            rows = {name: value[active] for name, value in arrays.items()}
-            flags[k, active] = self._step(rows, wave[active], timings)
             tic = time.perf_counter()
             for name, value in rows.items():
                 target = arrays[name]
