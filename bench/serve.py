@@ -1,0 +1,382 @@
+"""The serving benchmark in one command: HTTP under load (CmnRec and SRMN), the stream worker, state
+size per user, stateless recompute versus the incremental update; then bench/REPORT.md and plots.
+
+Everything runs on embedded redis-servers, with paper-size random-weight networks (k=128, H=256,
+W=256, b=64, R=1; T=50, M=4) over the MovieLens-100k catalogue:
+1. HTTP: a real `cmnrec serve` per model, users spread over the chunk schedule first, then
+   POST /v1/events?n=10 at constant arrival rates from bench/loadgen.py in a separate process
+   (open loop, latency from each request's due time): throughput and p50/p90/p99 per rate;
+2. state bytes per user: the blob, and what Redis holds per user (MEMORY USAGE of the five keys)
+   after the load and for a user at the caps of the recent-items and event-id windows;
+3. stream worker: `cmnrec worker` (subprocess) drains a backlog of MovieLens events (throughput),
+   then at a steady publishing rate, probe events measure publish -> state committed (lag);
+4. stateless recompute of the user's whole history (50, 200 events) per request, next to the
+   incremental update of the stored state: the engine event by event, the engine's multi-event
+   call (apply_sequences), and PyTorch's full-sequence forward.
+Writes bench/results/serve.json, then runs bench/report.py (REPORT.md, PNG plots).
+
+    .venv/bin/python bench/serve.py               # about 10 minutes
+    .venv/bin/python bench/serve.py --quick       # a smoke run of about 2 minutes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import RESULTS_DIR, machine_info, now_utc, parse_ints  # noqa: E402
+from bench.serve_core import MODELS, brief, engine_timing  # noqa: E402
+from bench.serving import (PAPER_DIMS, ServedModel, busy_processes, export_random,  # noqa: E402
+                           busy_fraction, load_average, machine_busy,
+                           percentiles, phased_pairs, run_load,
+                           scratch_dir, stop_tree, process_tree, warm_users, write_events_file)
+
+BLOCK_LEN = 50
+
+
+# -- 1 + 2: HTTP under load, and what a user costs in Redis ----------------------------------------
+def state_footprint(server: ServedModel, engine_state_bytes: int, items: list[str],
+                    sample: int = 100) -> dict[str, Any]:
+    """Bytes per user in the server's Redis: the five keys of `sample` users after the load, and of
+    one user pushed past the recent-items / event-id caps (1000 each by default)."""
+    import httpx
+    import redis
+
+    from service.keys import KeySchema
+
+    keys = KeySchema()
+    client = redis.Redis.from_url(server.redis_url())
+    try:
+        users = []
+        for key in client.scan_iter(match="cmnrec:*:pos", count=1000):
+            users.append(key.decode().split("{", 1)[1].rsplit("}", 1)[0])
+            if len(users) >= sample:
+                break
+
+        def usage(user: str) -> dict[str, int]:
+            k = keys.user(user)
+            return {name: int(client.memory_usage(getattr(k, name), samples=0) or 0)
+                    for name in k._fields}
+
+        per_user = [usage(u) for u in users]
+        positions = [int(client.get(keys.user(u).pos) or 0) for u in users]
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            for start in range(0, 1100, 550):
+                events = [{"user_id": "bench-caps", "item_id": items[i % len(items)],
+                           "event_id": f"caps-{i}"} for i in range(start, start + 550)]
+                http.post("/v1/events/batch", params={"n": 0},
+                          json={"events": events}).raise_for_status()
+        caps = usage("bench-caps")
+    finally:
+        client.close()
+    fields = per_user[0].keys() if per_user else []
+    return {
+        "state_blob_bytes": engine_state_bytes,
+        "users_sampled": len(per_user),
+        "mean_events_per_sampled_user": round(float(np.mean(positions)), 1) if positions else None,
+        "redis_bytes_per_user_mean": {f: round(float(np.mean([u[f] for u in per_user])), 1)
+                                      for f in fields},
+        "redis_bytes_per_user_total_mean": round(float(np.mean([sum(u.values())
+                                                                for u in per_user])), 1)
+        if per_user else None,
+        "user_at_caps": {"events": 1100, "bytes": caps, "total": sum(caps.values())},
+    }
+
+
+def http_model(name: str, artifact: Path, dataset: Any, *, rates: list[int], duration: float,
+               warmup: float, workers: int, scratch: Path, footprint: bool) -> dict[str, Any]:
+    from service.redis_server import free_port
+
+    label = f"{name}-w{workers}"
+    warm, load = phased_pairs(dataset, BLOCK_LEN)
+    events_file = write_events_file(scratch / f"events-{label}.json", load)
+    runs, offset, extra = [], 0, {}
+    with ServedModel(artifact, port=free_port(), workers=workers,
+                     log_path=scratch / f"serve-{label}.log") as server:
+        warm_users(server.url, warm)
+        for rate in rates:
+            summary = run_load(server, events_file, rate=rate, duration=duration, warmup=warmup,
+                               run_id=f"{label}-{rate}", offset=offset, scratch=scratch)
+            offset += int(round(rate * (duration + warmup)))
+            summary["server_cpu_ms_per_request"] = round(
+                summary["server_cpu_fraction"] * 1e3 / max(summary["throughput_rps"], 1e-9), 3)
+            print(f"  {label} {rate}/s: {brief(summary)}", flush=True)
+            runs.append(summary)
+        if footprint:
+            from model.engine import StepEngine
+
+            engine = StepEngine.load(artifact)
+            extra["footprint"] = state_footprint(server, len(engine.initial_state()),
+                                                 engine.vocab.ids[1:])
+    return {"model": name, "workers": workers, "label": label, "runs": runs, **extra}
+
+
+# -- 3: the stream worker --------------------------------------------------------------------------
+def stream_worker(artifact: Path, pairs: list[list[str]], *, events: int, partitions: int,
+                  batch_size: int, steady_seconds: float, scratch: Path) -> dict[str, Any]:
+    """Backlog throughput of one `cmnrec worker`, then publish -> committed lag at half the rate."""
+    import redis
+
+    from bench.stream_worker import backlog, start_worker, worker_metrics
+    from service.keys import KeySchema
+    from service.redis_server import EmbeddedRedis, free_port
+    from service.stream import StreamKeys, publish_events
+
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        keys = StreamKeys(prefix)
+        backlog_events = [{"user_id": u, "item_id": i, "event_id": f"b-{n}"}
+                          for n, (u, i) in enumerate(pairs[:events])]
+        for start in range(0, len(backlog_events), 1000):
+            publish_events(client, backlog_events[start:start + 1000], partitions=partitions,
+                           prefix=prefix)
+        port = free_port()
+        worker = start_worker(artifact, server.url, prefix, partitions, batch_size, port)
+        tree = process_tree(worker.pid)
+        try:
+            total = len(backlog_events)
+            deadline = time.monotonic() + 120
+            while backlog(client, keys, partitions) in (0, total):  # not started yet
+                if worker.poll() is not None:
+                    raise RuntimeError(f"cmnrec worker exited: {worker.stderr.read().decode()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("cmnrec worker did not start consuming in 120 s")
+                time.sleep(0.005)
+            tic = time.perf_counter()
+            while backlog(client, keys, partitions) > 0:
+                time.sleep(0.01)
+            seconds = time.perf_counter() - tic
+            throughput = total / seconds
+            drained = worker_metrics(port)
+            steady = steady_lag(client, KeySchema(prefix), prefix, pairs, partitions,
+                                rate=throughput / 2, seconds=steady_seconds)
+        finally:
+            stop_tree(worker, tree | process_tree(worker.pid))
+            if worker.stderr is not None:
+                worker.stderr.close()
+            for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+                client.delete(key)
+            client.close()
+    return {"events": total, "partitions": partitions, "batch_size": batch_size,
+            "order": "users take turns, each user's events in time order",
+            "backlog_seconds": round(seconds, 3), "events_per_second": round(throughput, 1),
+            "batch_latency_p50_ms": _finite(drained.get("batch_latency_p50_ms"), 2),
+            "batch_latency_p99_ms": _finite(drained.get("batch_latency_p99_ms"), 2),
+            "mean_batch_entries": _finite(drained.get("mean_batch_entries"), 1),
+            "steady": steady}
+
+
+def _finite(value: float | None, digits: int) -> float | None:
+    return round(float(value), digits) if value is not None and np.isfinite(value) else None
+
+
+def steady_lag(client: Any, user_keys: Any, prefix: str, pairs: list[list[str]], partitions: int,
+               *, rate: float, seconds: float, probe_every: float = 0.05) -> dict[str, Any]:
+    """Publish `pairs` at `rate` events/s; every `probe_every` s also a probe event of one probe
+    user, whose committed position a poller watches (every 2 ms): lag = commit seen - publish."""
+    from service.stream import publish_events
+
+    probe_user = f"probe-{uuid.uuid4().hex[:6]}"
+    pos_key = user_keys.user(probe_user).pos
+    published: list[float] = []  # publish time of probe j (its event makes pos j + 1)
+    lags: list[float] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        seen = 0
+        while not stop.is_set() or seen < len(published):
+            pos = int(client.get(pos_key) or 0)
+            now = time.perf_counter()
+            while seen < pos and seen < len(published):
+                lags.append((now - published[seen]) * 1e3)
+                seen += 1
+            if stop.is_set() and time.perf_counter() - stop_time[0] > 10:
+                return
+            time.sleep(0.002)
+
+    stop_time = [0.0]
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    sent, probes, begin = 0, 0, time.perf_counter()
+    offset = len(pairs) // 2
+    while time.perf_counter() - begin < seconds:
+        elapsed = time.perf_counter() - begin
+        due = int(elapsed * rate)
+        if due > sent:
+            batch = [{"user_id": u, "item_id": i, "event_id": f"s-{sent + n}"}
+                     for n, (u, i) in enumerate(
+                         pairs[(offset + sent + k) % len(pairs)] for k in range(due - sent))]
+            publish_events(client, batch, partitions=partitions, prefix=prefix)
+            sent = due
+        if elapsed >= probes * probe_every:
+            item = pairs[probes % len(pairs)][1]
+            published.append(time.perf_counter())
+            publish_events(client, [{"user_id": probe_user, "item_id": item,
+                                     "event_id": f"probe-{probes}"}],
+                           partitions=partitions, prefix=prefix)
+            probes += 1
+        time.sleep(0.002)
+    stop_time[0] = time.perf_counter()
+    stop.set()
+    poller.join(timeout=15)
+    return {"rate_events_per_second": round(rate, 1), "seconds": seconds, "events": sent,
+            "probes": probes, "probes_seen": len(lags),
+            "lag_ms": percentiles(lags), "poll_interval_ms": 2.0}
+
+
+# -- 4: stateless recompute versus incremental -----------------------------------------------------
+def recompute_costs(artifact: Path, run_dir: Path, histories: list[int], repeats: int,
+                    seed: int = 0) -> dict[str, Any]:
+    """Per request, ms: the incremental update (one event on the stored state) against rebuilding
+    the state from the whole history (engine event by event; engine.apply_sequences; PyTorch
+    full-sequence forward over the history, 1 thread)."""
+    import torch
+
+    from model.engine import StepEngine
+    from training.checkpoint import load_run
+
+    engine = StepEngine.load(artifact)
+    model = load_run(run_dir).model.float().eval()
+    rng = np.random.default_rng(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out: dict[str, Any] = {}
+    try:
+        for length in histories:
+            history = [int(x) for x in rng.integers(1, engine.num_items, size=length)]
+            nxt = int(rng.integers(1, engine.num_items))
+            state = engine.apply_sequences([history], [engine.initial_state()]).states[0]
+
+            def incremental() -> None:
+                engine.apply([nxt], [state])
+
+            def loop() -> None:
+                s = engine.initial_state()
+                for item in history + [nxt]:
+                    s = engine.apply([item], [s]).states[0]
+
+            def sequences() -> None:
+                engine.apply_sequences([history + [nxt]], [engine.initial_state()], scores=True)
+
+            items = torch.tensor([history + [nxt]], dtype=torch.long)
+
+            def forward() -> None:
+                with torch.no_grad():
+                    model(items, model.initial_state(1))
+
+            row = {}
+            for name, fn in (("incremental", incremental), ("stateless_engine_loop", loop),
+                             ("stateless_engine_sequences", sequences),
+                             ("stateless_torch_forward", forward)):
+                fn()
+                times = []
+                for _ in range(repeats if name != "incremental" else repeats * 10):
+                    tic = time.perf_counter()
+                    fn()
+                    times.append((time.perf_counter() - tic) * 1e3)
+                row[name] = percentiles(times)
+            base = row["incremental"]["p50"]
+            row["ratio_p50"] = {k: round(v["p50"] / base, 1) for k, v in row.items()
+                                if k != "incremental"}
+            out[str(length)] = row
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="100,200,300,400,500", help="requests/s per model")
+    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per rate")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per rate")
+    parser.add_argument("--two-workers-rates", default="300,500",
+                        help="rates for CmnRec with `--workers 2` ('' to skip)")
+    parser.add_argument("--stream-events", type=int, default=20000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--steady-seconds", type=float, default=10.0)
+    parser.add_argument("--histories", default="50,200")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="smoke run: short and small")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "serve.json")
+    parser.add_argument("--no-report", action="store_true", help="do not run bench/report.py")
+    args = parser.parse_args()
+    rates = parse_ints(args.rates)
+    two_rates = parse_ints(args.two_workers_rates) if args.two_workers_rates.strip() else []
+    histories = parse_ints(args.histories)
+    if args.quick:
+        rates, two_rates = [100, 300], [300]
+        args.duration, args.warmup, args.stream_events = 3.0, 1.0, 3000
+        args.steady_seconds, args.repeats = 3.0, 3
+
+    from bench.common import benchmark_dataset
+
+    started, load_start, busy0 = time.perf_counter(), load_average(), machine_busy()
+    payload: dict[str, Any] = {"benchmark": "serve", "date": now_utc(), "machine": machine_info(),
+                               "load_average_start": load_start,
+                               "busy_processes_at_start": busy_processes(), "quick": args.quick}
+    dataset = benchmark_dataset("ml-100k")
+    with scratch_dir() as scratch:
+        artifacts = {name: export_random(scratch, name, dataset, model=model, rule=rule,
+                                         block_len=BLOCK_LEN)
+                     for name, (model, rule) in MODELS.items()}
+        print("engine per event (B=1)...", flush=True)
+        payload["engine"] = {name: engine_timing(path, 300 if args.quick else 2000)
+                             for name, path in artifacts.items()}
+        print("HTTP: cmnrec serve + bench/loadgen.py...", flush=True)
+        payload["http"] = [http_model(name, artifacts[name], dataset, rates=rates,
+                                      duration=args.duration, warmup=args.warmup, workers=1,
+                                      scratch=scratch, footprint=True)
+                           for name in MODELS]
+        if two_rates:
+            payload["http"].append(http_model("cmnrec", artifacts["cmnrec"], dataset,
+                                              rates=two_rates, duration=args.duration,
+                                              warmup=args.warmup, workers=2, scratch=scratch,
+                                              footprint=False))
+        print("stream worker...", flush=True)
+        _, load = phased_pairs(dataset, BLOCK_LEN)
+        payload["stream_worker"] = stream_worker(
+            artifacts["cmnrec"], load, events=args.stream_events, partitions=args.partitions,
+            batch_size=args.batch_size, steady_seconds=args.steady_seconds, scratch=scratch)
+        print(f"  {payload['stream_worker']['events_per_second']:.0f} events/s; steady lag "
+              f"{payload['stream_worker']['steady']['lag_ms']}", flush=True)
+        print("stateless recompute vs incremental...", flush=True)
+        payload["recompute"] = {
+            name: recompute_costs(artifacts[name], scratch / "runs" / name, histories,
+                                  args.repeats) for name in MODELS}
+        for name, rows in payload["recompute"].items():
+            for length, row in rows.items():
+                print(f"  {name} history {length}: incremental {row['incremental']['p50']} ms, "
+                      f"ratios {row['ratio_p50']}", flush=True)
+    busy1 = machine_busy()
+    payload["settings"] = {"rates": rates, "two_workers_rates": two_rates,
+                           "duration_s": args.duration, "warmup_s": args.warmup,
+                           "dims": PAPER_DIMS, "block_len": BLOCK_LEN, "slots": 4,
+                           "num_items": dataset.num_items, "n": 10, "weights": "random",
+                           "stream_events": args.stream_events, "partitions": args.partitions,
+                           "batch_size": args.batch_size, "histories": histories}
+    payload["load_average_end"] = load_average()
+    payload["machine_busy_during_run"] = busy_fraction(busy0, busy1)
+    payload["seconds"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {args.out} in {payload['seconds']} s")
+    if not args.no_report:
+        subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "report.py")],
+                       check=True)
+
+
+if __name__ == "__main__":
+    main()
