@@ -6,6 +6,7 @@ update, with the output layer applied once to the whole run. Shapes: B users, L 
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, NamedTuple, Union
 
 import torch
@@ -29,7 +30,7 @@ def _select_rows(flags: Tensor, if_true: NamedTuple, if_false: NamedTuple) -> Na
     return type(if_true)(*fields)
 
 
-class SequentialRecommender(nn.Module):
+class SequentialRecommender(nn.Module, ABC):
     """Shared loop: the subclasses define the per-event state update and the output features."""
 
     config: ModelConfig
@@ -44,17 +45,18 @@ class SequentialRecommender(nn.Module):
         self.register_buffer("chunk_mask", torch.tensor(mask, dtype=torch.bool), persistent=False)
 
     # -- to be defined by each model --------------------------------------------------------
+    @abstractmethod
     def initial_state(self, batch_size: int, dtype: torch.dtype | None = None,
                       device: torch.device | None = None) -> NamedTuple:
-        raise NotImplementedError  # abstract: every concrete model overrides it
+        """The state of B users with no events yet."""
 
+    @abstractmethod
     def advance(self, embedded: Tensor, state: Any, chunk: ChunkFlag) -> Any:
         """The state after one event. embedded: [B, k] v = E[x]."""
-        raise NotImplementedError  # abstract: every concrete model overrides it
 
+    @abstractmethod
     def features(self, state: Any) -> Tensor:
         """What the output layer reads from a state: [B, F]."""
-        raise NotImplementedError  # abstract: every concrete model overrides it
 
     # -- shared ----------------------------------------------------------------------------------
     def _float(self) -> torch.dtype:
