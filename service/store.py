@@ -10,7 +10,10 @@ Per user (keys in service/keys.py, all under one hash tag):
 Applying events (`StateStore.apply_batch`, the one code path of the HTTP API and the stream worker):
 1. read every touched user in one pipelined round trip: per user one MGET (blob, version, pos)
    and, when its events carry ids, one EVENT_IDS_SCRIPT call telling which ids are stored (the
-   recent items too when excluding seen items);
+   recent items too when excluding seen items). Without recommendations (n = 0, the stream
+   worker, where a stored id comes back only when a failed batch is redelivered) the first
+   attempt leaves the ids to the compare-and-set, which checks them anyway (step 5): a user whose
+   commit it refuses for a stored id is read again with the lookup, which costs no attempt;
 2. a blob of another model version (or a corrupt one) is never fed to the model: the user's state
    is rebuilt by replaying the stored recent items from the initial state (cmnrec_state_rebuilds_total);
 3. events whose id is already stored, or repeated inside the batch, are no-ops (applied=false);
@@ -327,12 +330,14 @@ class StateStore:
         outcomes: dict[int, tuple[bool, int, bool]] = {}
         rebuilt_users: set[str] = set()
         recs: dict[int, list[Recommendation]] = {}
+        check_ids = n > 0  # n = 0: the first attempt leaves stored ids to the compare-and-set
         async with self._locks.hold(by_user):
             pending = dict(by_user)
-            for attempt in range(1, self.retry_limit + 1):
+            attempt = 0
+            while True:
                 work = [_UserWork(user, indices) for user, indices in pending.items()]
                 need_recent = n > 0 and exclude_seen
-                await self._read(work, events, timer, need_recent)
+                await self._read(work, events, timer, need_recent, check_ids)
                 await self._rebuild_stale(work, timer)
                 self._mark_duplicates(work, events)
                 wave_recs = self._step_waves(work, items, n, exclude_seen, timer)
@@ -350,11 +355,16 @@ class StateStore:
                 pending = {user: pending[user] for user in lost}
                 if not pending:
                     break
-                metrics.CAS_CONFLICTS_TOTAL.inc(len(pending))
+                conflicts = [u for u, code in lost.items() if check_ids or code != CAS_DUPLICATE]
+                check_ids = True
+                if not conflicts:
+                    continue  # only ids stored before this batch: read them, no attempt spent
+                metrics.CAS_CONFLICTS_TOTAL.inc(len(conflicts))
+                attempt += 1
+                if attempt >= self.retry_limit:
+                    raise StateConflictError(conflicts[0], self.retry_limit)
                 # Jittered back-off so that racing writers do not collide again in lock-step.
                 await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
-            else:
-                raise StateConflictError(next(iter(pending)), self.retry_limit)
         timer.add("total", time.perf_counter() - started)
         timings = timer.observe()
         version = self.model_version
@@ -432,14 +442,16 @@ class StateStore:
         return encoded
 
     async def _read(self, work: list[_UserWork], events: Sequence[Event], timer: _Timer,
-                    need_recent: bool) -> None:
+                    need_recent: bool, check_ids: bool = True) -> None:
         """One pipelined round trip: per user an MGET of blob, version and pos, one
-        EVENT_IDS_SCRIPT call for the event ids of its events (+ its recent items)."""
+        EVENT_IDS_SCRIPT call for the event ids of its events when `check_ids` (+ its recent
+        items)."""
         tic = time.perf_counter()
         plans = []
         for w in work:
             keys = self.keys.user(w.user_id)
-            event_ids = sorted({events[i].event_id for i in w.indices if events[i].event_id})
+            event_ids = (sorted({events[i].event_id for i in w.indices if events[i].event_id})
+                         if check_ids else [])
             plans.append((keys, event_ids))
         for attempt in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -632,11 +644,12 @@ class StateStore:
         timer.add(Stage.TOPN, time.perf_counter() - tic)
 
     async def _commit(self, work: list[_UserWork], events: Sequence[Event],
-                      timer: _Timer) -> set[str]:
-        """Compare-and-set every changed user in one round trip. Returns the users that lost."""
+                      timer: _Timer) -> dict[str, int]:
+        """Compare-and-set every changed user in one round trip. Returns the users that lost,
+        with the script's answer (CAS_CONFLICT or CAS_DUPLICATE)."""
         changed = [w for w in work if w.to_apply or w.rebuilt]
         if not changed:
-            return set()
+            return {}
         calls = []
         finals = []
         for w in changed:
@@ -652,12 +665,13 @@ class StateStore:
         tic = time.perf_counter()
         replies = await self._run_cas(calls)
         timer.add(Stage.STATE_WRITE, time.perf_counter() - tic)
-        lost = set()
+        lost = {}
         for w, final, reply in zip(changed, finals, replies):
-            if int(reply[0]) == CAS_COMMITTED:
+            code = int(reply[0])
+            if code == CAS_COMMITTED:
                 metrics.STATE_BYTES.observe(len(final))
             else:
-                lost.add(w.user_id)
+                lost[w.user_id] = code
         return lost
 
     async def _run_cas(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
