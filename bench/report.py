@@ -86,23 +86,35 @@ def plot_latency_cdf(serve: dict[str, Any], path: Path) -> Path:
 
 
 def plot_throughput_latency(serve: dict[str, Any], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    """Left: p50 and p99 against the achieved throughput. Right: achieved against offered."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for config in serve["http"]:
         runs = config["runs"]
+        name = f"{config['model']}, {config['workers']} worker(s)"
         xs = [r["throughput_rps"] for r in runs]
-        line, = ax.plot(xs, [r["latency_ms"]["p99"] for r in runs], marker="o",
-                        label=f"{config['model']}, {config['workers']} worker(s): p99")
-        ax.plot(xs, [r["latency_ms"]["p50"] for r in runs], marker="x", linestyle="--",
-                color=line.get_color(),
-                label=f"{config['model']}, {config['workers']} worker(s): p50")
-    ax.axhline(AIM_P99_MS, color="red", linestyle=":", label="aim: p99 10 ms")
-    ax.axvline(AIM_RATE, color="red", linestyle="-.", linewidth=0.8, label="aim: 500 req/s")
-    ax.set_yscale("log")
-    ax.set_xlabel("achieved throughput, requests/s")
-    ax.set_ylabel("client latency, ms (log scale)")
-    ax.set_title("POST /v1/events: throughput vs latency (one point per offered rate)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+        line, = left.plot(xs, [r["latency_ms"]["p99"] for r in runs], marker="o",
+                          label=f"{name}: p99")
+        left.plot(xs, [r["latency_ms"]["p50"] for r in runs], marker="x", linestyle="--",
+                  color=line.get_color(), label=f"{name}: p50")
+        right.plot([r["offered_rate"] for r in runs], xs, marker="o", color=line.get_color(),
+                   label=name)
+    left.axhline(AIM_P99_MS, color="red", linestyle=":", label="aim: p99 10 ms")
+    left.axvline(AIM_RATE, color="red", linestyle="-.", linewidth=0.8, label="aim: 500 req/s")
+    left.set_yscale("log")
+    left.set_xlabel("achieved throughput, requests/s")
+    left.set_ylabel("client latency, ms (log scale)")
+    left.set_title("latency vs throughput (one point per offered rate)")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=7, loc="lower right")
+    top = max([r["offered_rate"] for c in serve["http"] for r in c["runs"]] + [AIM_RATE])
+    right.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=0.8,
+               label="achieved = offered")
+    right.set_xlabel("offered rate, requests/s")
+    right.set_ylabel("achieved throughput, requests/s")
+    right.set_title("throughput: where the server saturates")
+    right.grid(True, alpha=0.3)
+    right.legend(fontsize=8, loc="upper left")
+    fig.suptitle("POST /v1/events?n=10, open-loop load")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -5,7 +5,8 @@ Everything runs on embedded redis-servers, with paper-size random-weight network
 W=256, b=64, R=1; T=50, M=4) over the MovieLens-100k catalogue:
 1. HTTP: a real `cmnrec serve` per model, users spread over the chunk schedule first, then
    POST /v1/events?n=10 at constant arrival rates from bench/loadgen.py in a separate process
-   (open loop, latency from each request's due time): throughput and p50/p90/p99 per rate;
+   (open loop, latency from each request's due time): throughput and p50/p90/p99 per rate, the
+   models' runs interleaved rate by rate;
 2. state bytes per user: the blob, and what Redis holds per user (MEMORY USAGE of the five keys)
    after the load and for a user at the caps of the recent-items and event-id windows;
 3. stream worker: `cmnrec worker` (subprocess) drains a backlog of MovieLens events (throughput),
@@ -21,12 +22,14 @@ Writes bench/results/serve.json, then runs bench/report.py (REPORT.md, PNG plots
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,32 +97,60 @@ def state_footprint(server: ServedModel, engine_state_bytes: int, items: list[st
     }
 
 
-def http_model(name: str, artifact: Path, dataset: Any, *, rates: list[int], duration: float,
-               warmup: float, workers: int, scratch: Path, footprint: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class HttpConfig:
+    """One served model under load: which network, how many uvicorn workers, at which rates."""
+
+    model: str  # a key of MODELS
+    workers: int
+    rates: tuple[int, ...]
+    footprint: bool  # measure the Redis bytes per user on this server afterwards
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}-w{self.workers}"
+
+
+def http_models(configs: list[HttpConfig], artifacts: dict[str, Path], dataset: Any, *,
+                duration: float, warmup: float, scratch: Path) -> list[dict[str, Any]]:
+    """Every configuration served at once (an idle server costs next to nothing), then the load
+    runs interleaved rate by rate (model A at r, model B at r, ..., then the next rate), so that
+    the other jobs on this shared machine weigh on the models alike rather than on whichever ran
+    during a busy minute."""
     from service.redis_server import free_port
 
-    label = f"{name}-w{workers}"
     warm, load = phased_pairs(dataset, BLOCK_LEN)
-    events_file = write_events_file(scratch / f"events-{label}.json", load)
-    runs, offset, extra = [], 0, {}
-    with ServedModel(artifact, port=free_port(), workers=workers,
-                     log_path=scratch / f"serve-{label}.log") as server:
-        warm_users(server.url, warm)
-        for rate in rates:
-            summary = run_load(server, events_file, rate=rate, duration=duration, warmup=warmup,
-                               run_id=f"{label}-{rate}", offset=offset, scratch=scratch)
-            offset += int(round(rate * (duration + warmup)))
-            summary["server_cpu_ms_per_request"] = round(
-                summary["server_cpu_fraction"] * 1e3 / max(summary["throughput_rps"], 1e-9), 3)
-            print(f"  {label} {rate}/s: {brief(summary)}", flush=True)
-            runs.append(summary)
-        if footprint:
-            from model.engine import StepEngine
+    events_file = write_events_file(scratch / "events-http.json", load)
+    runs: dict[str, list[dict[str, Any]]] = {c.label: [] for c in configs}
+    offsets = {c.label: 0 for c in configs}
+    out = []
+    with contextlib.ExitStack() as stack:
+        servers = {c.label: stack.enter_context(
+            ServedModel(artifacts[c.model], port=free_port(), workers=c.workers,
+                        log_path=scratch / f"serve-{c.label}.log")) for c in configs}
+        for server in servers.values():
+            warm_users(server.url, warm)
+        for rate in sorted({r for c in configs for r in c.rates}):
+            for c in (c for c in configs if rate in c.rates):
+                summary = run_load(servers[c.label], events_file, rate=rate, duration=duration,
+                                   warmup=warmup, run_id=f"{c.label}-{rate}",
+                                   offset=offsets[c.label], scratch=scratch)
+                offsets[c.label] += int(round(rate * (duration + warmup)))
+                summary["server_cpu_ms_per_request"] = round(
+                    summary["server_cpu_fraction"] * 1e3 / max(summary["throughput_rps"], 1e-9), 3)
+                print(f"  {c.label} {rate}/s: {brief(summary)}", flush=True)
+                runs[c.label].append(summary)
+        for c in configs:
+            extra = {}
+            if c.footprint:
+                from model.engine import StepEngine
 
-            engine = StepEngine.load(artifact)
-            extra["footprint"] = state_footprint(server, len(engine.initial_state()),
-                                                 engine.vocab.ids[1:])
-    return {"model": name, "workers": workers, "label": label, "runs": runs, **extra}
+                engine = StepEngine.load(artifacts[c.model])
+                extra["footprint"] = state_footprint(servers[c.label], len(engine.initial_state()),
+                                                     engine.vocab.ids[1:])
+            out.append({"model": c.model, "workers": c.workers, "label": c.label,
+                        "runs": runs[c.label], **extra})
+    return out
 
 
 # -- 3: the stream worker --------------------------------------------------------------------------
@@ -336,15 +367,11 @@ def main() -> None:
         payload["engine"] = {name: engine_timing(path, 300 if args.quick else 2000)
                              for name, path in artifacts.items()}
         print("HTTP: cmnrec serve + bench/loadgen.py...", flush=True)
-        payload["http"] = [http_model(name, artifacts[name], dataset, rates=rates,
-                                      duration=args.duration, warmup=args.warmup, workers=1,
-                                      scratch=scratch, footprint=True)
-                           for name in MODELS]
+        configs = [HttpConfig(name, 1, tuple(rates), True) for name in MODELS]
         if two_rates:
-            payload["http"].append(http_model("cmnrec", artifacts["cmnrec"], dataset,
-                                              rates=two_rates, duration=args.duration,
-                                              warmup=args.warmup, workers=2, scratch=scratch,
-                                              footprint=False))
+            configs.append(HttpConfig("cmnrec", 2, tuple(two_rates), False))
+        payload["http"] = http_models(configs, artifacts, dataset, duration=args.duration,
+                                      warmup=args.warmup, scratch=scratch)
         print("stream worker...", flush=True)
         _, load = phased_pairs(dataset, BLOCK_LEN)
         payload["stream_worker"] = stream_worker(
