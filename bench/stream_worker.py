@@ -94,6 +94,17 @@ def backlog(client: redis.Redis, keys: StreamKeys, partitions: int) -> int:
     return total
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def start_worker(artifact: Path, url: str, prefix: str, partitions: int, batch_size: int,
                  port: int) -> subprocess.Popen:
     env = {**os.environ, "REDIS_URL": url, "CMNREC_KEY_PREFIX": prefix}
@@ -137,6 +148,7 @@ def worker_metrics(port: int) -> dict[str, float]:
 
 def measure(size: str, order: str, artifact: Path, url: str, events: list[dict], partitions: int,
             batch_size: int, steady_seconds: float) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]  # other people share the 2 cores: note how busy they were
     client = redis.Redis.from_url(url)
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     keys = StreamKeys(prefix)
@@ -150,9 +162,13 @@ def measure(size: str, order: str, artifact: Path, url: str, events: list[dict],
                 raise RuntimeError(worker.stderr.read().decode())
             time.sleep(0.005)
         started = time.perf_counter()
+        cpu_started = process_cpu_seconds(worker.pid), redis_cpu_seconds(client)
         while backlog(client, keys, partitions) > 0:
             time.sleep(0.01)
         seconds = time.perf_counter() - started
+        worker_cpu = process_cpu_seconds(worker.pid) - cpu_started[0]
+        redis_cpu = redis_cpu_seconds(client) - cpu_started[1]
+        load_after = os.getloadavg()[0]
         throughput = total / seconds
         figures = worker_metrics(port)
 
@@ -173,6 +189,11 @@ def measure(size: str, order: str, artifact: Path, url: str, events: list[dict],
             "size": size, "order": order, "dims": SIZES[size], "events": total, "partitions": partitions,
             "batch_size": batch_size, "seconds": round(seconds, 3),
             "events_per_second": round(throughput, 1),
+            "load_average_1m_before_after": [round(load_before, 2), round(load_after, 2)],
+            # CPU per event (less sensitive to the other users of the cores than events/s); the
+            # Redis figure also holds this benchmark's own backlog polling
+            "worker_cpu_us_per_event": round(worker_cpu / total * 1e6, 1),
+            "redis_cpu_us_per_event": round(redis_cpu / total * 1e6, 1),
             "batch_latency_p50_ms": round(figures.get("batch_latency_p50_ms", float("nan")), 2),
             "batch_latency_p99_ms": round(figures.get("batch_latency_p99_ms", float("nan")), 2),
             "mean_batch_entries": round(figures.get("mean_batch_entries", float("nan")), 1),
@@ -229,11 +250,13 @@ def main() -> None:
                "num_items": dataset.num_items, "results": rows}
     table = markdown_table(
         ["size", "k/H/W", "order", "events", "events/s", "batch p50 ms", "batch p99 ms", "mean batch",
-         "lag at half rate (ms)"],
+         "lag at half rate (ms)", "worker CPU µs/event", "Redis CPU µs/event", "load 1m before/after"],
         [[r["size"], f'{r["dims"]["embed_dim"]}/{r["dims"]["hidden_dim"]}/{r["dims"]["mem_width"]}',
           r["order"], r["events"], f'{r["events_per_second"]:.0f}', f'{r["batch_latency_p50_ms"]:.1f}',
           f'{r["batch_latency_p99_ms"]:.1f}', f'{r["mean_batch_entries"]:.0f}',
-          f'{r["steady_mean_lag_ms"]:.1f}'] for r in rows])
+          f'{r["steady_mean_lag_ms"]:.1f}', f'{r["worker_cpu_us_per_event"]:.0f}',
+          f'{r["redis_cpu_us_per_event"]:.0f}',
+          "{:.2f}/{:.2f}".format(*r["load_average_1m_before_after"])] for r in rows])
     markdown = (f"# One stream worker, embedded Redis ({payload['date']})\n\n"
                 f"CmnRec TSC M=4 T=50, random weights, I={dataset.num_items}; {args.partitions} "
                 f"partitions, batch {args.batch_size}; the first {args.events} MovieLens-100k events in "
