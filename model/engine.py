@@ -189,17 +189,21 @@ class StepEngine:
         # waves[k, b]: the k-th event of row b (0 where row b has fewer events)
         waves = np.zeros((int(lengths.max(initial=0)), len(items)), dtype=np.int64)
         waves.T[np.arange(waves.shape[0]) < lengths[:, None]] = flat
+        # flags[b, k]: event k of row b falls on a chunk time (from the row's start position)
+        flags = self.chunk_flags(arrays["pos"][:, None] + np.arange(waves.shape[0]))
         timings["decode"] += time.perf_counter() - tic
-        flags = np.zeros(waves.shape, dtype=bool)
         first = 0
         # Between two consecutive row lengths the same rows are active: gather them once, step
         # them wave after wave, and put them back once.
         for end in np.unique(lengths[lengths > 0]).tolist():
             active = np.flatnonzero(lengths >= end)
-            rows = arrays if active.size == len(items) else {
-                name: value[active] for name, value in arrays.items()}
-            for k in range(first, end):
-                flags[k, active] = self._step(rows, waves[k, active], timings)
+            if active.size == len(items):
+                rows, segment = arrays, waves[first:end]
+            else:
+                rows = {name: value[active] for name, value in arrays.items()}
+                segment = waves[first:end, active]
+            for wave in segment:
+                self._step(rows, wave, timings)
             first = end
             if rows is arrays:
                 continue
@@ -212,7 +216,7 @@ class StepEngine:
             timings["decode"] += time.perf_counter() - tic  # moving rows counts as state handling
         logits = self._timed_output(arrays, timings) if scores else None
         blobs = self._timed_encode(arrays, timings)
-        chunk = [flags[:length, row] for row, length in enumerate(lengths.tolist())]
+        chunk = [flags[row, :length] for row, length in enumerate(lengths.tolist())]
         return SequenceResult(blobs, arrays["pos"].copy(), chunk, logits, timings)
 
     def _step(self, arrays: dict[str, np.ndarray], items: np.ndarray,
@@ -229,7 +233,7 @@ class StepEngine:
             arrays[name] = value
         t1 = clock()
         timings["controller"] += t1 - t0
-        if "memory" in self._graphs and chunk.any():
+        if "memory" in self._graphs and np.count_nonzero(chunk):
             self._memory(arrays, chunk)
             timings["memory"] += clock() - t1
         return chunk
