@@ -12,6 +12,7 @@ bench/results/accuracy.md. Results are saved after each model, so an interrupted
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -81,25 +82,53 @@ def result_row(variant: Variant, report: Any) -> dict[str, Any]:
     }
 
 
-def _versus_reference(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """NDCG@10 relative to SRMN with the same M, as a signed percentage."""
+def relative_to_reference(row: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
+    """A CmnRec row's test NDCG@10 relative to SRMN with the same M (0.05 = 5% better); else None."""
     if row["model"] != "cmnrec":
-        return ""
+        return None
     reference = next((r for r in rows if r["model"] == REFERENCE and r["slots"] == row["slots"]), None)
     if reference is None or reference["test"]["ndcg@10"] <= 0:
-        return ""
-    change = row["test"]["ndcg@10"] / reference["test"]["ndcg@10"] - 1.0
-    return f"{100 * change:+.1f}%"
+        return None
+    return row["test"]["ndcg@10"] / reference["test"]["ndcg@10"] - 1.0
+
+
+def _versus_reference(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    change = relative_to_reference(row, rows)
+    return "" if change is None else f"{100 * change:+.1f}%"
+
+
+def hit_rate_error(hit_rate: float, users: int) -> float:
+    """Binomial standard error of a hit rate measured on `users` independent test targets."""
+    return math.sqrt(hit_rate * (1.0 - hit_rate) / max(users, 1))
+
+
+def shape_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """The paper's claims read off this run's test NDCG@10 (neural vs popularity, rules vs SRMN)."""
+    lines = []
+    pop = next((r["test"]["ndcg@10"] for r in rows if r["model"] == "pop"), None)
+    neural = [r["test"]["ndcg@10"] for r in rows if r["model"] != "pop"]
+    if pop and neural:
+        lines.append(f"- Neural models: NDCG@10 {min(neural):.4f} to {max(neural):.4f}, "
+                     f"{min(neural) / pop:.2f}x to {max(neural) / pop:.2f}x popularity ({pop:.4f}).")
+    for rule in ("pec", "tsc", "exc"):
+        changes = [100 * c for c in (relative_to_reference(r, rows) for r in rows if r["rule"] == rule)
+                   if c is not None]
+        if changes:
+            lines.append(f"- CmnRec {rule.upper()} vs SRMN at the same M: NDCG@10 "
+                         f"{', '.join(f'{c:+.1f}%' for c in changes)} (mean {sum(changes) / len(changes):+.1f}%).")
+    return lines
 
 
 def render_markdown(payload: dict[str, Any]) -> str:
     rows = payload["results"]
-    s = payload["settings"]
+    s, d = payload["settings"], payload["dataset"]
+    evaluated = d.get("evaluated_users", d["users"])
     main = markdown_table(
-        ["model", "rule", "M", "HR@10", "NDCG@10", "MRR@10", "NDCG@10 vs SRMN (same M)",
+        ["model", "rule", "M", "HR@10 (± s.e.)", "NDCG@10", "MRR@10", "NDCG@10 vs SRMN (same M)",
          "valid NDCG@10", "epochs (best)", "s/epoch", "parameters"],
         [[r["model"], r["rule"] if r["model"] == "cmnrec" else "", r["slots"] or "",
-          f"{r['test']['hr@10']:.4f}", f"{r['test']['ndcg@10']:.4f}", f"{r['test']['mrr@10']:.4f}",
+          f"{r['test']['hr@10']:.4f} ± {hit_rate_error(r['test']['hr@10'], evaluated):.4f}",
+          f"{r['test']['ndcg@10']:.4f}", f"{r['test']['mrr@10']:.4f}",
           _versus_reference(r, rows), f"{r['valid']['ndcg@10']:.4f}",
           f"{r['epochs']} ({r['best_epoch']})", f"{r['seconds_per_epoch']:.1f}", f"{r['parameters']:,}"]
          for r in rows])
@@ -108,7 +137,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
         [[r["model"], r["rule"] if r["model"] == "cmnrec" else "", r["slots"] or "",
           *(f"{r['test'][f'{m}@{k}']:.4f}" for k in (5, 20) for m in ("hr", "ndcg", "mrr"))]
          for r in rows])
-    d, m = payload["dataset"], payload["machine"]
+    m = payload["machine"]
     dims = ", ".join(f"{key}={value}" for key, value in s["dims"].items())
     return "\n".join([
         "# Accuracy on MovieLens-100k (leave-one-out by time, full ranking)",
@@ -122,10 +151,16 @@ def render_markdown(payload: dict[str, Any]) -> str:
         f"clip {s['train']['clip_norm']}, at most {s['train']['epochs']} epochs with patience "
         f"{s['train']['patience']} on valid NDCG@10 (best epoch's weights kept), seed {s['train']['seed']}.",
         "Popularity: training-part item counts, no epochs. s/epoch: training pass only (no evaluation).",
+        f"Noise: each figure is a mean over {evaluated} test targets; the binomial standard error of HR@10 is "
+        "given beside it, so rows that differ by less than about two of those are not told apart by this run.",
         "",
         "Test targets, cutoff 10:",
         "",
         main,
+        "",
+        "Summary (test NDCG@10):",
+        "",
+        *shape_summary(rows),
         "",
         "Test targets, cutoffs 5 and 20:",
         "",

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from training.data import SequenceDataset
 from training.loaders import load_dataset
+from training.split import evaluation_users
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +51,8 @@ def benchmark_dataset(name: str, users: int | None = None) -> SequenceDataset:
 
 def dataset_info(dataset: SequenceDataset) -> dict[str, Any]:
     lengths = [len(s) for s in dataset.sequences]
-    return {"name": dataset.name, "users": len(dataset.users), "items": dataset.num_items - 1,
+    return {"name": dataset.name, "users": len(dataset.users), "evaluated_users": len(evaluation_users(dataset)),
+            "items": dataset.num_items - 1,
             "interactions": sum(lengths), "mean_length": sum(lengths) / max(len(lengths), 1),
             "max_length": max(lengths, default=0)}
 
