@@ -9,8 +9,9 @@ W=256, b=64, R=1; T=50, M=4) over the MovieLens-100k catalogue:
    models' runs interleaved rate by rate;
 2. state bytes per user: the blob, and what Redis holds per user (MEMORY USAGE of the five keys)
    after the load and for a user at the caps of the recent-items and event-id windows;
-3. stream worker: `cmnrec worker` (subprocess) drains a backlog of MovieLens events (throughput),
-   then at a steady publishing rate, probe events measure publish -> state committed (lag);
+3. stream worker: `cmnrec worker` (subprocess) drains a backlog of MovieLens events, in time order
+   and with users taking turns (throughput), then at a steady publishing rate, probe events
+   measure publish -> state committed (lag);
 4. stateless recompute of the user's whole history (50, 200 events) per request, next to the
    incremental update of the stored state: the engine event by event, the engine's multi-event
    call (apply_sequences), and PyTorch's full-sequence forward.
@@ -154,8 +155,26 @@ def http_models(configs: list[HttpConfig], artifacts: dict[str, Path], dataset: 
 
 
 # -- 3: the stream worker --------------------------------------------------------------------------
-def stream_worker(artifact: Path, pairs: list[list[str]], *, events: int, partitions: int,
-                  batch_size: int, steady_seconds: float, scratch: Path) -> dict[str, Any]:
+STREAM_ORDERS = {
+    "time": "MovieLens time order (as `cmnrec replay` publishes it: rating sessions, many events "
+            "of one user in a row)",
+    "turns": "users take turns, each user's events in time order (one event per user per batch "
+             "wave: the worst case for batching)",
+}
+
+
+def stream_orders(dataset: Any) -> dict[str, list[list[str]]]:
+    """The event orders the stream worker is measured on, as [user_id, item_id] pairs."""
+    from service.replay import dataset_events
+
+    _, turns = phased_pairs(dataset, BLOCK_LEN)
+    time_order = [[str(e["user_id"]), str(e["item_id"])] for e in dataset_events(dataset)]
+    return {"time": time_order, "turns": turns}
+
+
+def stream_worker(artifact: Path, pairs: list[list[str]], *, order: str, events: int,
+                  partitions: int, batch_size: int, steady_seconds: float,
+                  scratch: Path) -> dict[str, Any]:
     """Backlog throughput of one `cmnrec worker`, then publish -> committed lag at half the rate."""
     import redis
 
@@ -201,7 +220,7 @@ def stream_worker(artifact: Path, pairs: list[list[str]], *, events: int, partit
                 client.delete(key)
             client.close()
     return {"events": total, "partitions": partitions, "batch_size": batch_size,
-            "order": "users take turns, each user's events in time order",
+            "order": order, "order_description": STREAM_ORDERS[order],
             "backlog_seconds": round(seconds, 3), "events_per_second": round(throughput, 1),
             "batch_latency_p50_ms": _finite(drained.get("batch_latency_p50_ms"), 2),
             "batch_latency_p99_ms": _finite(drained.get("batch_latency_p99_ms"), 2),
@@ -373,12 +392,15 @@ def main() -> None:
         payload["http"] = http_models(configs, artifacts, dataset, duration=args.duration,
                                       warmup=args.warmup, scratch=scratch)
         print("stream worker...", flush=True)
-        _, load = phased_pairs(dataset, BLOCK_LEN)
-        payload["stream_worker"] = stream_worker(
-            artifacts["cmnrec"], load, events=args.stream_events, partitions=args.partitions,
-            batch_size=args.batch_size, steady_seconds=args.steady_seconds, scratch=scratch)
-        print(f"  {payload['stream_worker']['events_per_second']:.0f} events/s; steady lag "
-              f"{payload['stream_worker']['steady']['lag_ms']}", flush=True)
+        payload["stream_worker"] = []
+        for order, pairs in stream_orders(dataset).items():
+            result = stream_worker(artifacts["cmnrec"], pairs, order=order,
+                                   events=args.stream_events, partitions=args.partitions,
+                                   batch_size=args.batch_size, steady_seconds=args.steady_seconds,
+                                   scratch=scratch)
+            payload["stream_worker"].append(result)
+            print(f"  {order}: {result['events_per_second']:.0f} events/s; steady lag "
+                  f"{result['steady']['lag_ms']}", flush=True)
         print("stateless recompute vs incremental...", flush=True)
         payload["recompute"] = {
             name: recompute_costs(artifacts[name], scratch / "runs" / name, histories,

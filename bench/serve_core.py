@@ -142,10 +142,8 @@ def http_rates(artifact: Path, dataset: Any, *, rates: list[int], duration: floa
                 summary["server_cpu_fraction"] * 1e3 / max(summary["throughput_rps"], 1e-9), 3)
             print(f"  {label} workers={workers} {rate}/s: " + brief(summary), flush=True)
             runs.append(summary)
-        redis_url = server.redis_url()
-        extra = {"server_pids": len(server.pids())}
     return {"model": label, "workers": workers, "warm_events": warmed,
-            "warm_seconds": round(warm_seconds, 2), "redis_url": redis_url, "runs": runs, **extra}
+            "warm_seconds": round(warm_seconds, 2), "runs": runs}
 
 
 def brief(summary: dict[str, Any]) -> str:
