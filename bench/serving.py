@@ -183,7 +183,12 @@ class ServedModel:
         self.artifact, self.port, self.workers = artifact, port, workers
         self.extra_env = env or {}
         self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix="cmnrec-serve-", suffix=".log")[1])
+        self._own_log = log_path is None  # a temporary log, removed on exit
+        if log_path is None:
+            handle, name = tempfile.mkstemp(prefix="cmnrec-serve-", suffix=".log")
+            os.close(handle)
+            log_path = Path(name)
+        self.log_path = log_path
         self.process: subprocess.Popen | None = None
         self._tree: set[int] = set()
 
@@ -237,6 +242,8 @@ class ServedModel:
                 print(f"warning: SIGKILLed leftover processes {killed}", file=sys.stderr)
         with contextlib.suppress(AttributeError):
             self._log.close()
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)
 
 
 # -- load ------------------------------------------------------------------------------------------
