@@ -55,6 +55,12 @@ class SpeedVariant:
     rule: str
 
 
+@dataclass(frozen=True)
+class Timing:
+    wall: float  # seconds on the clock
+    cpu: float  # seconds of CPU this process used: steadier than wall time on a shared machine
+
+
 @dataclass
 class Contender:
     """One network of a (T, M) group with its optimizer and its timings (seconds)."""
@@ -63,8 +69,8 @@ class Contender:
     config: ModelConfig
     model: SequentialRecommender
     optimizer: torch.optim.Optimizer
-    train: list["Timing"]
-    inference: list["Timing"]
+    train: list[Timing]
+    inference: list[Timing]
 
 
 def epoch_batches(dataset: SequenceDataset, batch_size: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], int]:
@@ -74,12 +80,6 @@ def epoch_batches(dataset: SequenceDataset, batch_size: int, seed: int) -> tuple
     trainable = np.flatnonzero(lengths >= 2)
     order = length_sorted_batches(lengths[trainable], batch_size, np.random.default_rng(seed))
     return sequences, [trainable[b] for b in order], int((lengths[trainable] - 1).sum())
-
-
-@dataclass(frozen=True)
-class Timing:
-    wall: float  # seconds on the clock
-    cpu: float  # seconds of CPU this process used: steadier than wall time on a shared machine
 
 
 def timed(work: Callable[[], object]) -> Timing:
@@ -123,6 +123,39 @@ def run_group(variants: list[SpeedVariant], num_items: int, dims: dict[str, int]
             if round_index < inference_rounds:
                 contender.inference.append(time_inference(contender, dataset, settings.eval_batch_size))
     return contenders
+
+
+def cost_breakdown(num_items: int, dims: dict[str, int], block_len: int, slots: int, batch_size: int,
+                   seed: int, repeats: int = 5) -> dict[str, Any]:
+    """Where one SRMN event's time goes: CPU microseconds per event (forward, no grad) of
+    controller_step (LSTM + chunk attention fold), memory_step (DNC write and read, attention readout)
+    and the output layer, on a batch of `batch_size` users and T = block_len random events.
+
+    estimated_speedup: what removing all but M of every T memory steps is worth by these parts alone,
+    (c + m + o) / (c + o + m M / T); the evaluation's ranking and the training's backward pass and
+    Adam step are left out.
+    """
+    torch.manual_seed(seed)
+    config = ModelConfig(num_items=num_items, model="srmn", rule="every", block_len=block_len, slots=slots, **dims)
+    model = build_model(config).eval()
+    items = torch.randint(1, num_items, (batch_size, block_len))
+    with torch.no_grad():
+        state = model.initial_state(batch_size)
+        embedded = model.embedding(items)  # [B, T, k]
+        after_controller = model.controller_step(embedded[:, 0], state)
+        features = model.features(after_controller).unsqueeze(1).expand(-1, block_len, -1)  # [B, T, F]
+        parts: dict[str, Callable[[], object]] = {
+            "controller_step": lambda: [model.controller_step(embedded[:, t], state) for t in range(block_len)],
+            "memory_step": lambda: [model.memory_step(after_controller) for _ in range(block_len)],
+            "output_layer": lambda: model.output(features),
+        }
+        micros = {}
+        for name, work in parts.items():
+            work()  # warm-up
+            micros[name] = statistics.median(timed(work).cpu for _ in range(repeats)) / (batch_size * block_len) * 1e6
+    c, m, o = micros["controller_step"], micros["memory_step"], micros["output_layer"]
+    return {"block_len": block_len, "slots": slots, "batch_size": batch_size, "microseconds_per_event": micros,
+            "estimated_speedup": (c + m + o) / (c + o + m * slots / block_len)}
 
 
 def _median(timings: list[Timing], clock: str) -> float:
@@ -192,6 +225,14 @@ def render_markdown(payload: dict[str, Any]) -> str:
           f"{r['parameters']:,}"] for r in payload["results"]])
     lines += ["", "Speedup SRMN / CmnRec, wall clock (CPU time in brackets):", "", summary,
               "", "Medians per network:", "", details]
+    if payload.get("breakdown"):
+        b = payload["breakdown"]
+        us = b["microseconds_per_event"]
+        lines += ["", f"Where an SRMN event's time goes (T={b['block_len']}, M={b['slots']}, batch {b['batch_size']}, "
+                      f"forward without grad, CPU microseconds per event): controller_step "
+                      f"{us['controller_step']:.1f}, memory_step {us['memory_step']:.1f}, output layer "
+                      f"{us['output_layer']:.1f}. By these parts alone, skipping all but M of every T memory steps is "
+                      f"worth (c+m+o)/(c+o+m*M/T) = {b['estimated_speedup']:.2f}x here, whatever the rule."]
     if payload["speedups"]:
         best_train = max(payload["speedups"], key=lambda r: r["train_speedup"])
         best_infer = max(payload["speedups"], key=lambda r: r["inference_speedup"])
@@ -265,6 +306,12 @@ def main(
             for r in records:
                 typer.echo(f"    {r['variant']:<11} train {r['train_seconds']:6.1f} s  "
                            f"inference {r['inference_seconds']:6.2f} s", err=True)
+            payload["machine"] = machine_info()
+            payload["total_seconds"] = time.perf_counter() - began
+            save_results(out, payload, render_markdown(payload))
+        if groups:
+            t_max, m_max = groups[-1]
+            payload["breakdown"] = cost_breakdown(data.num_items, DIMS[dims], t_max, m_max, batch_size, seed)
             payload["machine"] = machine_info()
             payload["total_seconds"] = time.perf_counter() - began
             save_results(out, payload, render_markdown(payload))
