@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test clean
 
 $(BIN)/cmnrec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
