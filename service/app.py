@@ -43,8 +43,10 @@ def create_app(settings: Settings | None = None, *, engine: Any | None = None) -
         step_engine = engine if engine is not None else _load_engine(settings)
         redis = open_redis(settings.redis_url, settings)
         app.state.store = StateStore.from_settings(redis, step_engine, settings)
-        app.state.coalescer = (EventCoalescer(app.state.store, max_batch=settings.coalesce_max_batch)
-                               if settings.coalesce else None)
+        app.state.coalescer = None
+        if settings.coalesce:
+            app.state.coalescer = EventCoalescer(app.state.store,
+                                                 max_batch=settings.coalesce_max_batch)
         log.info("serving model %s (%s, rule %s) from %s", step_engine.version,
                  step_engine.config.model, step_engine.config.rule, settings.artifact_dir)
         try:

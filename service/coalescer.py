@@ -69,7 +69,8 @@ class EventCoalescer:
 
     async def submit(self, event: Event, *, n: int = 0,
                      exclude_seen: bool = False) -> CoalescedResult:
-        """Queue the event and wait for the batch that carries it; raises what apply_batch raised."""
+        """Queue the event and wait for the batch that carries it; raises what its apply_batch
+        raised."""
         if self._closed:
             raise CoalescerClosed("the service is stopping")
         key = (n, exclude_seen)
