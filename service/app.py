@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None, *, engine: Any | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from service.coalescer import EventCoalescer
         from service.store import StateStore, open_redis
 
         if not settings.redis_url:
@@ -42,11 +43,18 @@ def create_app(settings: Settings | None = None, *, engine: Any | None = None) -
         step_engine = engine if engine is not None else _load_engine(settings)
         redis = open_redis(settings.redis_url, settings)
         app.state.store = StateStore.from_settings(redis, step_engine, settings)
+        app.state.coalescer = None
+        if settings.coalesce:
+            app.state.coalescer = EventCoalescer(app.state.store,
+                                                 max_batch=settings.coalesce_max_batch)
         log.info("serving model %s (%s, rule %s) from %s", step_engine.version,
                  step_engine.config.model, step_engine.config.rule, settings.artifact_dir)
         try:
             yield
         finally:
+            if app.state.coalescer is not None:
+                await app.state.coalescer.aclose()  # answer everything queued before closing Redis
+            app.state.coalescer = None
             app.state.store = None
             await redis.aclose()
             metrics.mark_worker_exit(os.getpid())
@@ -60,6 +68,7 @@ def create_app(settings: Settings | None = None, *, engine: Any | None = None) -
     )
     app.state.settings = settings
     app.state.store = None
+    app.state.coalescer = None
     install_error_handlers(app)
     app.add_middleware(RequestMetricsMiddleware)
     for router in (events.router, users.router, model.router, operations.router):

@@ -41,7 +41,7 @@ STATE_BYTES = Histogram(
     "cmnrec_state_bytes", "Size of a committed state blob",
     buckets=tuple(float(2 ** p) for p in range(8, 23)))
 BATCH_SIZE_EVENTS = Histogram(
-    "cmnrec_batch_size_events", "Events per apply call (1 for POST /v1/events)",
+    "cmnrec_batch_size_events", "Events per apply call (POST /v1/events: the coalesced batch)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384))
 ENGINE_BATCH_ROWS = Histogram(
     "cmnrec_engine_batch_rows", "Users stepped together in one batched engine call",

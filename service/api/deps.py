@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 
+from service.coalescer import EventCoalescer
 from service.errors import ApiError
 from service.labels import ErrorCode
 from service.settings import Settings
@@ -29,6 +30,11 @@ async def get_store(request: Request) -> StateStore:
     return store
 
 
+async def get_coalescer(request: Request) -> EventCoalescer | None:
+    """The running EventCoalescer, or None when settings.coalesce is off."""
+    return getattr(request.app.state, "coalescer", None)
+
+
 async def get_engine(request: Request) -> Any:
     return (await get_store(request)).engine
 
@@ -36,6 +42,7 @@ async def get_engine(request: Request) -> Any:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[StateStore, Depends(get_store)]
 EngineDep = Annotated[Any, Depends(get_engine)]
+CoalescerDep = Annotated[EventCoalescer | None, Depends(get_coalescer)]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ import time
 
 from fastapi import APIRouter
 
-from service.api.deps import RecommendationParamsDep, SettingsDep, StoreDep, check_id
+from service.api.deps import (CoalescerDep, RecommendationParamsDep, SettingsDep, StoreDep,
+                              check_id)
+from service.coalescer import CoalescerClosed
 from service.errors import ERROR_RESPONSES, ApiError
 from service.labels import ErrorCode, Route
 from service.schemas import BatchIn, BatchOut, EventIn, EventOut, RecommendationOut
@@ -18,10 +20,15 @@ router = APIRouter(tags=["events"])
 MAIN_STAGES = ("state_read", "model", "state_write")
 
 
-def latency_ms(timings: dict[str, float], total_seconds: float) -> dict[str, float]:
-    """Stage seconds -> milliseconds, with `total` measured by the route."""
+def latency_ms(timings: dict[str, float], total_seconds: float,
+               queue_seconds: float | None = None) -> dict[str, float]:
+    """Stage seconds -> milliseconds, with `total` measured by the route. For a coalesced event
+    the stages are those of the whole batch that carried it, and `queue` is the time it waited
+    for that batch to be dispatched."""
     out = {stage: 0.0 for stage in MAIN_STAGES}
     out.update({stage: seconds * 1e3 for stage, seconds in timings.items() if stage != "total"})
+    if queue_seconds is not None:
+        out["queue"] = queue_seconds * 1e3
     out["total"] = total_seconds * 1e3
     return {stage: round(ms, 4) for stage, ms in out.items()}
 
@@ -45,17 +52,32 @@ def to_event(body: EventIn, settings: Settings, prefix: str = "") -> Event:
 @router.post(Route.EVENTS.value, response_model=EventOut, response_model_exclude_none=True,
              responses=ERROR_RESPONSES, summary="Apply one interaction")
 async def post_event(body: EventIn, params: RecommendationParamsDep, store: StoreDep,
-                     settings: SettingsDep) -> EventOut:
+                     coalescer: CoalescerDep, settings: SettingsDep) -> EventOut:
     """Applies the event to the user's state (exactly once per event_id) and answers the top-n
-    next items after it."""
+    next items after it. Concurrent requests are applied together in one batch (settings.coalesce);
+    `latency_ms.queue` is the wait for that batch, the stage figures are the batch's."""
     started = time.perf_counter()
     event = to_event(body, settings)
+    if coalescer is None:
+        try:
+            result = await store.apply(event, n=params.n, exclude_seen=params.exclude_seen)
+        except UnknownItemError as err:
+            raise unknown_item(err.item_id) from None
+        return event_out(result, latency_ms(result.timings, time.perf_counter() - started))
+    if event.item_id not in store.engine.vocab:  # checked here so that it fails no other request
+        raise unknown_item(event.item_id)
     try:
-        result = await store.apply(event, n=params.n, exclude_seen=params.exclude_seen)
-    except UnknownItemError as err:
-        raise ApiError(ErrorCode.UNKNOWN_ITEM, f"item_id: unknown item {err.item_id!r}, not in the"
-                       " model's vocabulary; nothing was applied", "item_id") from None
-    return event_out(result, latency_ms(result.timings, time.perf_counter() - started))
+        outcome = await coalescer.submit(event, n=params.n, exclude_seen=params.exclude_seen)
+    except CoalescerClosed:
+        raise ApiError(ErrorCode.NOT_READY, "the service is starting or stopping") from None
+    return event_out(outcome.result, latency_ms(outcome.result.timings,
+                                                time.perf_counter() - started,
+                                                outcome.queue_seconds))
+
+
+def unknown_item(item_id: str) -> ApiError:
+    return ApiError(ErrorCode.UNKNOWN_ITEM, f"item_id: unknown item {item_id!r}, not in the"
+                    " model's vocabulary; nothing was applied", "item_id")
 
 
 @router.post(Route.EVENTS_BATCH.value, response_model=BatchOut, response_model_exclude_none=True,
