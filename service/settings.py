@@ -48,8 +48,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(1000, ge=1, le=100_000, description="events per batch request")
     max_n: int = Field(100, ge=1, le=10_000, description="largest n of recommendations")
     max_id_length: int = Field(256, ge=1, le=4096, description="longest user/item/event id")
-    coalesce: bool = Field(True, description="send concurrent POST /v1/events as one batched"
-                                             " apply (service/coalescer.py); off = one apply each")
+    coalesce: bool = Field(
+        False, description="send concurrent POST /v1/events as one batched apply "
+                           "(service/coalescer.py); off = one apply each. On, a batch that fails "
+                           "part-way answers 409/503 to requests whose events may have committed")
     coalesce_max_batch: int = Field(64, ge=1, le=100_000,
                                     description="most events in one coalesced apply")
 

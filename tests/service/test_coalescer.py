@@ -38,7 +38,7 @@ async def post_users_concurrently(client, users: int, per_user: int, n: int) -> 
 async def test_concurrent_requests_are_coalesced_with_the_same_results_as_one_by_one(
         make_settings, engine):
     users, per_user = 16, 5
-    async with serving(make_settings(), engine) as client:
+    async with serving(make_settings(coalesce=True), engine) as client:
         coalescer = client.app.state.coalescer  # type: ignore[attr-defined]
         assert isinstance(coalescer, EventCoalescer)
         coalesced = await post_users_concurrently(client, users, per_user, n=3)
@@ -73,7 +73,7 @@ async def test_concurrent_requests_are_coalesced_with_the_same_results_as_one_by
 
 
 async def test_one_users_concurrent_submissions_keep_their_order(make_settings, engine):
-    settings = make_settings()
+    settings = make_settings(coalesce=True)
     async with open_store(settings, engine) as store:
         coalescer = EventCoalescer(store, max_batch=4)
         mine = [Event("olga", ITEMS[(7 * k) % len(ITEMS)], event_id=f"o-{k}") for k in range(30)]
@@ -91,7 +91,7 @@ async def test_one_users_concurrent_submissions_keep_their_order(make_settings, 
 
 
 async def test_a_repeated_event_id_in_one_batch_is_applied_once(make_settings, engine):
-    async with open_store(make_settings(), engine) as store:
+    async with open_store(make_settings(coalesce=True), engine) as store:
         coalescer = EventCoalescer(store)
         event = Event("pia", ITEMS[0], event_id="same")
         first, second = await asyncio.gather(coalescer.submit(event), coalescer.submit(event))
@@ -103,7 +103,7 @@ async def test_a_repeated_event_id_in_one_batch_is_applied_once(make_settings, e
 
 
 async def test_an_error_in_one_batch_reaches_only_its_requests(make_settings, engine):
-    async with open_store(make_settings(), engine) as store:
+    async with open_store(make_settings(coalesce=True), engine) as store:
         coalescer = EventCoalescer(store, max_batch=2)
         # Submitted all at once: batches [a0, a1], [missing, b0], [c0, c1]. The route checks items
         # itself, so an unknown item only stands in here for any error apply_batch raises.
@@ -124,7 +124,7 @@ async def test_an_error_in_one_batch_reaches_only_its_requests(make_settings, en
 
 
 async def test_a_cancelled_request_does_not_break_the_drain(make_settings, engine):
-    async with open_store(make_settings(), engine) as store:
+    async with open_store(make_settings(coalesce=True), engine) as store:
         coalescer = EventCoalescer(store)
         tasks = [asyncio.create_task(coalescer.submit(Event("d", ITEMS[k]))) for k in range(3)]
         tasks[1].cancel()  # before dispatch: its event is never applied
@@ -142,7 +142,7 @@ async def test_a_cancelled_request_does_not_break_the_drain(make_settings, engin
 
 
 async def test_shutdown_answers_everything_queued_then_refuses(make_settings, engine):
-    async with open_store(make_settings(), engine) as store:
+    async with open_store(make_settings(coalesce=True), engine) as store:
         coalescer = EventCoalescer(store, max_batch=3)
         tasks = [asyncio.create_task(coalescer.submit(Event(f"s{k % 4}", ITEMS[k])))
                  for k in range(20)]
@@ -156,7 +156,7 @@ async def test_shutdown_answers_everything_queued_then_refuses(make_settings, en
 
 
 async def test_app_lifespan_creates_and_stops_the_coalescer(make_settings, engine):
-    async with serving(make_settings(coalesce_max_batch=8), engine) as client:
+    async with serving(make_settings(coalesce=True, coalesce_max_batch=8), engine) as client:
         app = client.app  # type: ignore[attr-defined]
         assert app.state.coalescer.max_batch == 8
         bad = await client.post("/v1/events", json={"user_id": "q", "item_id": "missing"})
