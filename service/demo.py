@@ -87,8 +87,6 @@ def ensure_artifact(options: DemoOptions, console: Console) -> None:
 
 def train_demo_model(options: DemoOptions, console: Console) -> None:
     """A small CmnRec (TSC, T=50, M=4) on MovieLens-100k, within the time budget."""
-    import torch
-
     from model.config import ModelConfig
     from training.checkpoint import save_run, write_metrics
     from training.loaders import load_dataset
@@ -104,7 +102,6 @@ def train_demo_model(options: DemoOptions, console: Console) -> None:
                   f"({len(data.users)} users, {data.num_interactions} ratings) for at most "
                   f"{options.epochs} epochs / {options.max_seconds:.0f} s on {options.threads} "
                   "threads")
-    torch.manual_seed(0)
     model, report = train_model(data, config, settings, progress=True)
     save_run(options.run, model, data.vocab, data.item_counts(),
              extra={"dataset": {"source": "ml-100k", "name": data.name},
