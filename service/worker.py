@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -447,12 +448,10 @@ async def run_worker(settings: Settings, redis_url: str, options: WorkerOptions,
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
             installed.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            pass
     metrics_server = None
     if metrics_port:
         metrics_server, _thread = start_http_server(metrics_port)
