@@ -27,7 +27,8 @@ if __package__ in (None, ""):  # run as a script (python bench/accuracy.py): mak
 from bench.common import (DIMS, RESULTS_DIR, benchmark_dataset, dataset_info, machine_info,
                           markdown_table, now_utc, parse_ints, save_results)
 from model.config import ModelConfig
-from training.trainer import TrainSettings, train_model
+from training.settings import TrainSettings
+from training.trainer import train_model
 
 REFERENCE = "srmn"  # CmnRec rows are compared with SRMN at the same M
 

@@ -13,9 +13,9 @@ import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
-from training.data import SequenceDataset
-from training.loaders import load_dataset
-from training.split import evaluation_users
+from data.dataset import SequenceDataset
+from data.loaders import load_dataset
+from data.split import evaluation_users
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent

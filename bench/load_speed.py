@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.interactions import read_interactions
-from training.loaders import build_dataset, load_dataset
+from data.interactions import read_interactions
+from data.loaders import build_dataset, load_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "load_speed.json"
 ML20M_USERS, ML20M_ITEMS = 138_493, 26_744

@@ -57,7 +57,7 @@ def state_footprint(server: ServedModel, engine_state_bytes: int, items: list[st
     import httpx
     import redis
 
-    from service.keys import KeySchema
+    from service.state.keys import KeySchema
 
     keys = KeySchema()
     client = redis.Redis.from_url(server.redis_url())
@@ -118,7 +118,7 @@ def http_models(configs: list[HttpConfig], artifacts: dict[str, Path], dataset: 
     runs interleaved rate by rate (model A at r, model B at r, ..., then the next rate), so that
     the other jobs on this shared machine weigh on the models alike rather than on whichever ran
     during a busy minute."""
-    from service.redis_server import free_port
+    from service.ops.redis_server import free_port
 
     warm, load = phased_pairs(dataset, BLOCK_LEN)
     events_file = write_events_file(scratch / "events-http.json", load)
@@ -165,7 +165,7 @@ STREAM_ORDERS = {
 
 def stream_orders(dataset: Any) -> dict[str, list[list[str]]]:
     """The event orders the stream worker is measured on, as [user_id, item_id] pairs."""
-    from service.replay import dataset_events
+    from service.streams.replay import dataset_events
 
     _, turns = phased_pairs(dataset, BLOCK_LEN)
     time_order = [[str(e["user_id"]), str(e["item_id"])] for e in dataset_events(dataset)]
@@ -179,9 +179,9 @@ def stream_worker(artifact: Path, pairs: list[list[str]], *, order: str, events:
     import redis
 
     from bench.stream_worker import backlog, start_worker, worker_metrics
-    from service.keys import KeySchema
-    from service.redis_server import EmbeddedRedis, free_port
-    from service.stream import StreamKeys, publish_events
+    from service.state.keys import KeySchema
+    from service.ops.redis_server import EmbeddedRedis, free_port
+    from service.streams.publish import StreamKeys, publish_events
 
     with EmbeddedRedis() as server:
         client = redis.Redis.from_url(server.url)
@@ -236,7 +236,7 @@ def steady_lag(client: Any, user_keys: Any, prefix: str, pairs: list[list[str]],
                *, rate: float, seconds: float, probe_every: float = 0.05) -> dict[str, Any]:
     """Publish `pairs` at `rate` events/s; every `probe_every` s also a probe event of one probe
     user, whose committed position a poller watches (every 2 ms): lag = commit seen - publish."""
-    from service.stream import publish_events
+    from service.streams.publish import publish_events
 
     probe_user = f"probe-{uuid.uuid4().hex[:6]}"
     pos_key = user_keys.user(probe_user).pos

@@ -77,8 +77,8 @@ def engine_timing(artifact: Path, events: int, seed: int = 0) -> dict[str, Any]:
 async def _store_timing(artifact: Path, url: str, events: int, users: int,
                         seed: int) -> dict[str, Any]:
     from model.engine import StepEngine
-    from service.settings import Settings
-    from service.store import Event, StateStore, open_redis
+    from service.ops.settings import Settings
+    from service.state.store import Event, StateStore, open_redis
 
     engine = StepEngine.load(artifact)
     settings = Settings(redis_url=url, key_prefix="bench-core")
@@ -115,7 +115,7 @@ async def _store_timing(artifact: Path, url: str, events: int, users: int,
 
 def store_timing(artifact: Path, events: int, users: int = 500, seed: int = 0) -> dict[str, Any]:
     """StateStore.apply, one event at a time, on a fresh embedded redis-server."""
-    from service.redis_server import EmbeddedRedis
+    from service.ops.redis_server import EmbeddedRedis
 
     with EmbeddedRedis() as server:
         return asyncio.run(_store_timing(artifact, server.url, events, users, seed))
@@ -124,7 +124,7 @@ def store_timing(artifact: Path, events: int, users: int = 500, seed: int = 0) -
 def http_rates(artifact: Path, dataset: Any, *, rates: list[int], duration: float, warmup: float,
                workers: int, scratch: Path, label: str, block_len: int = 50) -> dict[str, Any]:
     """`cmnrec serve` on the artifact; users spread over the schedule; one load run per rate."""
-    from service.redis_server import free_port
+    from service.ops.redis_server import free_port
 
     warm, load = phased_pairs(dataset, block_len)
     events_file = write_events_file(scratch / f"events-{label}.json", load)

@@ -39,7 +39,7 @@ def export_random(root: Path, name: str, dataset: Any, *, model: str, rule: str,
     import torch
 
     from model.config import ModelConfig
-    from model.export import export_run
+    from training.export_run import export_run
     from model.network import build_model
     from training.checkpoint import save_run
 
@@ -62,7 +62,7 @@ def phased_pairs(dataset: Any, block_len: int, seed: int = 0
     in time order): many users in flight at once rather than the data set's rating sessions.
     Both lists are turn-major: the k-th event of every user before any (k+1)-th.
     """
-    from service.replay import dataset_events
+    from service.streams.replay import dataset_events
 
     per_user: dict[str, list[str]] = {}
     for event in dataset_events(dataset):

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (DIMS, RESULTS_DIR, benchmark_dataset, machine_info,  # noqa: E402
                           markdown_table, now_utc, save_results)
-from service.redis_server import EmbeddedRedis, free_port  # noqa: E402
-from service.replay import dataset_events  # noqa: E402
-from service.stream import StreamKeys, publish_events  # noqa: E402
+from service.ops.redis_server import EmbeddedRedis, free_port  # noqa: E402
+from service.streams.replay import dataset_events  # noqa: E402
+from service.streams.publish import StreamKeys, publish_events  # noqa: E402
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"embed_dim": 16, "hidden_dim": 32, "mem_width": 16, "attn_dim": 16, "read_heads": 1},
@@ -49,7 +49,7 @@ def export_model(root: Path, size: str, dataset: Any) -> Path:
     import torch
 
     from model.config import ModelConfig
-    from model.export import export_run
+    from training.export_run import export_run
     from model.network import build_model
     from training.checkpoint import save_run
 

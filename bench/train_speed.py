@@ -38,10 +38,11 @@ from model.config import ModelConfig
 from model.network import SequentialRecommender, build_model
 from model.schedule import chunk_times
 from training.batching import length_sorted_batches
-from training.data import SequenceDataset
+from data.dataset import SequenceDataset
 from training.evaluation import leave_one_out_ranks
-from training.split import training_sequences
-from training.trainer import TrainSettings, count_parameters, train_epoch
+from data.split import training_sequences
+from training.settings import TrainSettings
+from training.trainer import count_parameters, train_epoch
 
 BASELINE = "srmn"
 PAPER = {"train_speedup_max": 6.34, "inference_speedup_T100": "8.03-12.16 (ml-latest, T=100)",

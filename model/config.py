@@ -10,7 +10,8 @@ from typing import Any
 
 MODELS = ("cmnrec", "srmn", "lstm4rec", "gru4rec", "pop")
 MEMORY_MODELS = ("cmnrec", "srmn")
-RULES = ("pec", "tsc", "exc", "every", "none")
+CHUNK_RULES = ("pec", "tsc", "exc")  # the rules of cmnrec itself
+RULES = (*CHUNK_RULES, "every", "none")
 
 
 @dataclass(frozen=True)

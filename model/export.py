@@ -1,4 +1,4 @@
-"""Export a trained run to an artifact directory: ONNX graphs of the step + manifest.json.
+"""Export a trained model to an artifact directory: ONNX graphs of the step + manifest.json.
 
 The step is cut into three graphs so that a non-chunk event never touches the memory and each
 stage can be timed on its own (B is a dynamic batch axis in all three):
@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from data.dataset import ItemVocab
 from model.codec import CODEC_VERSION, layout_fields
+from model.config import ModelConfig
 from model.manifest import (NEXT_PREFIX, GraphSpec, Manifest, StateFieldSpec, content_hash,
                             graph_bytes)
 from model.network import CmnRec, RNNRec, SequentialRecommender
 from model.schedule import chunk_mask, chunk_times
 from model.state import state_fields
-from training.checkpoint import load_run
 
 OPSET = 17
 EXAMPLE_BATCH = 3  # batch size of the tracing inputs; the exported graphs take any B >= 1
@@ -175,34 +176,36 @@ def _popularity(counts: np.ndarray) -> tuple[list[float], list[int]]:
     return [float(s) for s in scores], [int(i) for i in ranking]
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Export the run in run_dir to the artifact directory out_dir (replaced if it exists).
+def export_model(model: SequentialRecommender, config: ModelConfig, vocab: ItemVocab,
+                 item_counts: np.ndarray, out_dir: str | Path,
+                 source: dict[str, Any] | None = None) -> Path:
+    """Export `model` to the artifact directory out_dir (replaced if it exists).
 
+    item_counts: [I] training interactions per internal item id (popularity for cold start);
+    source: where the model came from (run name, training settings), stored in the manifest.
     Written to a temporary sibling directory first and renamed into place, so a reader never sees
     a half-written artifact. Returns out_dir.
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    run = load_run(run_dir)
-    if run.config.model == "pop":
+    out_dir = Path(out_dir)
+    if config.model == "pop":
         raise ValueError("export: the popularity model has no network to export; serve a neural"
                          " model (its artifact carries the popularity list for cold start)")
-    model = run.model.float().eval()
+    model = model.float().eval()
     graphs = step_graphs(model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         specs = {name: export_graph(graph, tmp / f"{name}.onnx") for name, graph in graphs.items()}
         fields, payload = _state_layout(model)
-        popularity_scores, ranking = _popularity(run.item_counts)
-        source = json.loads(json.dumps({"run": run_dir.name, "extra": run.extra,
-                                        "torch": torch.__version__}, default=str))
-        config = run.config
+        popularity_scores, ranking = _popularity(item_counts)
+        source = json.loads(json.dumps({**(source or {}), "torch": torch.__version__},
+                                       default=str))
         manifest = Manifest(
             model_version="", config=config,
             chunk_times=chunk_times(config.block_len, config.slots, config.rule),
             chunk_mask=chunk_mask(config.block_len, config.slots, config.rule),
             state_fields=fields, state_payload_bytes=payload, codec_version=CODEC_VERSION,
-            vocab=run.vocab, item_counts=[int(c) for c in run.item_counts],
+            vocab=vocab, item_counts=[int(c) for c in item_counts],
             popularity_scores=popularity_scores, popularity_ranking=ranking, graphs=specs,
             opset=OPSET, source=source,
         )

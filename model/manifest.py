@@ -14,7 +14,7 @@ from typing import Any
 
 from model.codec import CODEC_VERSION, FieldLayout
 from model.config import ModelConfig
-from training.data import ItemVocab
+from data.dataset import ItemVocab
 
 MANIFEST_FILE = "manifest.json"
 ARTIFACT_FORMAT = "cmnrec-artifact"

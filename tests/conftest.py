@@ -1,7 +1,7 @@
 """Shared fixtures: a real Redis server for the whole session.
 
 REDIS_URL set: the tests use that server (each test under its own key prefix, keys deleted after).
-Unset: an embedded redis-server (service/redis_server.py) runs on a free port for the session and
+Unset: an embedded redis-server (service/ops/redis_server.py) runs on a free port for the session and
 is stopped at the end. Never a fake Redis.
 """
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
-from service.redis_server import EmbeddedRedis
+from service.ops.redis_server import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +46,11 @@ def delete_prefix(redis_url: str, prefix: str) -> int:
         return len(keys)
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def movielens() -> Any:
+    """The real MovieLens-100k data set (read from the cached recbole wheel)."""
+    from data.loaders import load_dataset
+
+    return load_dataset("ml-100k")

@@ -1,7 +1,7 @@
 """The deployment files hold together: compose, Dockerfiles, Prometheus and Grafana configs.
 
 No Docker engine runs these tests; they parse the files and check the pieces that must be there, and
-cross-check them against each other and against service/metrics.py.
+cross-check them against each other and against service/ops/metrics.py.
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_compose_commands_name_real_cli_options():
     """Every --option the compose file passes to `cmnrec` exists on that command."""
     from typer.main import get_command
 
-    from training.cli import app
+    from cli.app import app
 
     cli = get_command(app)
     services = compose()["services"]
@@ -132,7 +132,7 @@ def test_serving_image_is_slim_torch_free_non_root_with_healthcheck():
     last = final_stage(instructions)
     users = [args for op, args in last if op == "USER"]
     assert users and users[-1] not in ("root", "0")
-    assert any(op == "HEALTHCHECK" and "service.healthcheck" in args for op, args in last)
+    assert any(op == "HEALTHCHECK" and "service.ops.healthcheck" in args for op, args in last)
     entrypoint = [json.loads(args) for op, args in last if op == "ENTRYPOINT"]
     assert entrypoint == [["cmnrec"]]
     cmd = json.loads([args for op, args in last if op == "CMD"][-1])
@@ -193,10 +193,10 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboard():
 
 
 def exported_series() -> set[str]:
-    """Every series name service/metrics.py defines, as Prometheus exposes it."""
+    """Every series name service/ops/metrics.py defines, as Prometheus exposes it."""
     from prometheus_client import REGISTRY
 
-    import service.metrics  # noqa: F401  (defines the metrics in the default registry)
+    import service.ops.metrics  # noqa: F401  (defines the metrics in the default registry)
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
                 "gauge": ("",), "summary": ("_count", "_sum", "")}
@@ -214,7 +214,7 @@ def test_dashboard_queries_only_metrics_that_exist():
     queried = {name for expr in exprs for name in re.findall(r"\bcmnrec_[a-z0-9_]+", expr)}
     known = exported_series()
     missing = sorted(queried - known)
-    assert not missing, f"dashboard queries metrics that service/metrics.py lacks: {missing}"
+    assert not missing, f"dashboard queries metrics that service/ops/metrics.py lacks: {missing}"
     jobs = {job["job_name"] for job in
             yaml.safe_load((DOCKER / "prometheus.yml").read_text())["scrape_configs"]}
     for expr in exprs:
@@ -245,12 +245,12 @@ def test_docker_compose_config_validates():
 
 
 def test_container_health_probe_exits_by_the_answer():
-    """service.healthcheck (the images' HEALTHCHECK): 0 on a 2xx answer, 1 on an error or no server."""
+    """service.ops.healthcheck (the images' HEALTHCHECK): 0 on a 2xx answer, 1 on an error or no server."""
     import http.server
     import threading
 
-    from service.healthcheck import main
-    from service.redis_server import free_port
+    from service.ops.healthcheck import main
+    from service.ops.redis_server import free_port
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's naming)

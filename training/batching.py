@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.data import PAD_ID
+from data.dataset import PAD_ID
 
 
 def pad_right(sequences: list[np.ndarray], length: int | None = None) -> np.ndarray:

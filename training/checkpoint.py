@@ -12,7 +12,7 @@ import torch
 
 from model.config import ModelConfig
 from model.network import SequentialRecommender, build_model
-from training.data import ItemVocab
+from data.dataset import ItemVocab
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"

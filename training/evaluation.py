@@ -15,9 +15,9 @@ from torch import Tensor
 
 from model.network import SequentialRecommender
 from training.batching import length_sorted_batches, pad_right
-from training.data import PAD_ID, SequenceDataset
+from data.dataset import PAD_ID, SequenceDataset
 from training.metrics import CUTOFFS, ranking_metrics
-from training.split import evaluation_users
+from data.split import evaluation_users
 
 SPLITS = ("valid", "test")
 
@@ -56,7 +56,7 @@ def leave_one_out_ranks(model: SequentialRecommender, dataset: SequenceDataset,
     """1-based ranks of every evaluated user's validation and test target among all items.
 
     Returns {"valid": [U] int64, "test": [U] int64}, users in the order of
-    training.split.evaluation_users(dataset).
+    data.split.evaluation_users(dataset).
     """
     was_training = model.training
     model.eval()

@@ -11,9 +11,10 @@ from typing import Any, Sequence, Union
 
 import torch
 
+from model import ranking
 from model.network import SequentialRecommender
 from training.checkpoint import Run
-from training.data import PAD_ID, ItemVocab
+from data.dataset import PAD_ID, ItemVocab
 
 
 class UnknownItemError(KeyError):
@@ -58,19 +59,10 @@ def next_item_scores(model: SequentialRecommender, item_ids: Sequence[int]) -> t
 
 
 def top_items(scores: torch.Tensor, n: int, exclude: Sequence[int] = ()) -> list[tuple[int, float]]:
-    """The n best (internal id, score) pairs: padding and `exclude` never, score descending, ties by
-    lower internal id. scores: [I]. Fewer than n when fewer items are allowed."""
-    if n < 0:
-        raise ValueError(f"n: must be >= 0, got {n}")
-    allowed = torch.ones_like(scores, dtype=torch.bool)
-    allowed[PAD_ID] = False
-    if exclude:
-        allowed[torch.tensor(list(exclude), dtype=torch.long, device=scores.device)] = False
-    candidates = allowed.nonzero().squeeze(1)  # ascending internal ids
-    # A stable sort keeps ascending id order among equal scores.
-    order = torch.sort(scores[candidates], descending=True, stable=True).indices[:n]
-    chosen = candidates[order]
-    return [(int(i), float(scores[i])) for i in chosen]
+    """The n best (internal id, score) pairs of scores [I] (model.ranking.top_n, the ranking the
+    service uses): padding and `exclude` never, score descending, ties by lower internal id."""
+    row = scores.detach().to(torch.float32).cpu().numpy()
+    return ranking.top_n(row, n, [list(exclude)])[0]
 
 
 def recommend(run_or_model: Union[Run, SequentialRecommender], vocab: ItemVocab | None,

@@ -1,6 +1,6 @@
 """Training: settings, batches, the truncated-BPTT loop, early stopping on validation NDCG@10.
 
-Each user's training history (training.split) is unrolled block by block: block b feeds events
+Each user's training history (data.split) is unrolled block by block: block b feeds events
 bT+1..(b+1)T from the state left by block b-1 (detached between blocks: truncated back-propagation
 per block) and every position predicts the next event. All users of a batch start at the initial
 state with pos 0, so the chunk schedule is anchored at each user's first event, exactly as in the
@@ -21,43 +21,12 @@ from tqdm import tqdm
 from model.config import ModelConfig
 from model.network import PopularityRecommender, SequentialRecommender, build_model
 from training.batching import length_sorted_batches, pad_right
-from training.data import PAD_ID, SequenceDataset
+from data.dataset import PAD_ID, SequenceDataset
 from training.evaluation import evaluate_model
-from training.split import training_item_counts, training_sequences
+from training.settings import TrainSettings
+from data.split import training_item_counts, training_sequences
 
 EARLY_STOPPING_METRIC = "ndcg@10"  # on the validation targets
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """How to train (not what: that is ModelConfig)."""
-
-    epochs: int = 20  # passes over every user's training history
-    batch_size: int = 16  # users per batch (one optimizer step per block of T events of a batch)
-    lr: float = 3e-3  # Adam learning rate
-    weight_decay: float = 0.0  # Adam L2 penalty
-    seed: int = 0  # seeds weight init, dropout and batch order
-    patience: int = 5  # epochs without a better validation NDCG@10 before stopping; 0 = never
-    clip_norm: float = 5.0  # max global gradient norm per step; 0 = no clipping
-    threads: int | None = None  # torch.set_num_threads; None leaves torch's default
-    max_seconds: float | None = None  # wall-clock budget of the training loop; None = no limit
-    eval_batch_size: int = 128  # users per evaluation forward
-    deterministic: bool = True  # torch.use_deterministic_algorithms during training
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0, "patience": self.patience >= 0,
-            "clip_norm": self.clip_norm >= 0, "eval_batch_size": self.eval_batch_size >= 1,
-            "threads": self.threads is None or self.threads >= 1,
-            "max_seconds": self.max_seconds is None or self.max_seconds > 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{name}: invalid value {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass

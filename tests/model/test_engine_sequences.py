@@ -9,11 +9,11 @@ import torch
 
 from model.codec import StateFormatError, StateVersionError
 from model.engine import StepEngine
-from model.export import export_run
+from training.export_run import export_run
 from model.network import build_model
 from tests.model.test_export_engine import NUM_ITEMS, item_counts, tiny_config
 from training.checkpoint import save_run
-from training.data import ItemVocab
+from data.dataset import ItemVocab
 
 VARIANTS = {
     "cmnrec-tsc": ("cmnrec", "tsc"),

@@ -14,13 +14,13 @@ import torch
 from model.codec import StateFormatError, StateVersionError
 from model.config import ModelConfig
 from model.engine import StepEngine
-from model.export import export_run
+from training.export_run import export_run
 from model.manifest import ArtifactError, Manifest
 from model.network import build_model
 from model.schedule import chunk_mask, is_chunk_event
 from model.state import NEG_INF
 from training.checkpoint import save_run
-from training.data import ItemVocab
+from data.dataset import ItemVocab
 
 NUM_ITEMS = 30
 EVENTS = 17  # over three blocks of T = 5
@@ -285,7 +285,7 @@ def test_broken_artifacts_give_clear_errors(exported, tmp_path: Path) -> None:
 def test_export_command(exported, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from training.cli import app
+    from cli.app import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["export", "--run", str(tmp_path / "nope"), "--out",

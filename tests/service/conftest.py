@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from model.engine import StepEngine
-from service.settings import Settings
+from service.ops.settings import Settings
 from tests.service.helpers import make_artifact
 
 
@@ -46,11 +46,3 @@ def make_settings(redis_url: str, key_prefix: str, artifacts: dict[str, Path]) -
         return Settings(**values)
 
     return build
-
-
-@pytest.fixture(scope="session")
-def movielens() -> Any:
-    """The real MovieLens-100k data set (read from the cached recbole wheel)."""
-    from training.loaders import load_dataset
-
-    return load_dataset("ml-100k")

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from training.data import ItemVocab
+from data.dataset import ItemVocab
 
 NUM_ITEMS = 40  # catalogue incl. padding
 TINY_DIMS = dict(embed_dim=8, hidden_dim=12, mem_width=6, read_heads=2, attn_dim=5)
@@ -29,7 +29,7 @@ def make_artifact(root: Path, name: str, *, model: str = "cmnrec", rule: str = "
     import torch
 
     from model.config import ModelConfig
-    from model.export import export_run
+    from training.export_run import export_run
     from model.network import build_model
     from training.checkpoint import save_run
 
@@ -47,7 +47,7 @@ def make_artifact(root: Path, name: str, *, model: str = "cmnrec", rule: str = "
 @asynccontextmanager
 async def serving(settings: Any, engine: Any = None) -> AsyncIterator[httpx.AsyncClient]:
     """The app with its lifespan running, and an httpx client talking to it in-process."""
-    from service.app import create_app
+    from service.http.app import create_app
 
     app = create_app(settings, engine=engine)
     async with app.router.lifespan_context(app):
@@ -60,7 +60,7 @@ async def serving(settings: Any, engine: Any = None) -> AsyncIterator[httpx.Asyn
 @asynccontextmanager
 async def open_store(settings: Any, engine: Any) -> AsyncIterator[Any]:
     """A StateStore on its own Redis pool, closed afterwards."""
-    from service.store import StateStore, open_redis
+    from service.state.store import StateStore, open_redis
 
     redis = open_redis(settings.redis_url, settings)
     try:

@@ -60,7 +60,7 @@ class ServedProcess:
         args = ["serve", "--artifact", str(artifact), "--port", str(port),
                 "--workers", str(workers), "--log-level", "warning"]
         code = (BLOCK_TORCH if block_torch else "") + (
-            "import sys\nfrom training.cli import app\n"
+            "import sys\nfrom cli.app import app\n"
             f"sys.argv = ['cmnrec', *{args!r}]\napp()\n")
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from service.redis_server import EmbeddedRedis
+from service.ops.redis_server import EmbeddedRedis
 from tests.service.helpers import metric, serving
 
 pytestmark = pytest.mark.anyio
@@ -110,7 +110,7 @@ async def test_health_readiness_metrics_and_docs(make_settings, engine):
     assert 'route="/v1/users/{user_id:path}/recommendations"' in text  # templates, not raw paths
     assert 'stage="controller"' in text and 'stage="state_write"' in text
     assert '"m"' not in text  # the user id is never a label value
-    from service.labels import Stage
+    from service.ops.labels import Stage
 
     stages = {line.split('stage="')[1].split('"')[0] for line in text.splitlines()
               if line.startswith("cmnrec_stage_latency_seconds") and 'stage="' in line}
@@ -261,7 +261,7 @@ async def test_redis_outage_answers_503_and_the_service_recovers(make_settings, 
 
 
 async def test_lifespan_refuses_to_start_without_redis_url(make_settings, engine):
-    from service.app import ConfigurationError
+    from service.http.app import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="REDIS_URL"):
         async with serving(make_settings(redis_url=None), engine):
@@ -269,7 +269,7 @@ async def test_lifespan_refuses_to_start_without_redis_url(make_settings, engine
 
 
 def test_error_body_is_json_serialisable() -> None:
-    from service.errors import field_path
+    from service.http.errors import field_path
 
     assert field_path(("body", "events", 3, "item_id")) == "events[3].item_id"
     assert field_path(("query", "n")) == "n"

@@ -1,4 +1,4 @@
-"""Request coalescing (service/coalescer.py): concurrent POST /v1/events go out as one apply_batch,
+"""Request coalescing (service/http/coalescer.py): concurrent POST /v1/events go out as one apply_batch,
 with the same results as one by one, per-user order kept, errors confined to their batch."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from service.coalescer import CoalescerClosed, EventCoalescer
-from service.store import Event, UnknownItemError
+from service.http.coalescer import CoalescerClosed, EventCoalescer
+from service.state.store import Event, UnknownItemError
 from tests.service.helpers import open_store, replay, serving
 
 pytestmark = pytest.mark.anyio

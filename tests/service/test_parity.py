@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from model.engine import StepEngine
-from training.data import ItemVocab
+from data.dataset import ItemVocab
 from tests.service.helpers import make_artifact, serving
 
 pytestmark = pytest.mark.anyio
@@ -93,7 +93,7 @@ async def test_service_top10_equals_predict_across_blocks(variant, exported, his
 async def test_the_predict_command_gives_the_same_answer(exported, histories, make_settings):
     from typer.testing import CliRunner
 
-    from training.cli import app
+    from cli.app import app
 
     run_dir, artifact = exported["cmnrec-tsc"]
     items = histories[USER][:EVENTS]
@@ -111,7 +111,7 @@ async def test_the_predict_command_gives_the_same_answer(exported, histories, ma
 @pytest.mark.parametrize("variant", ["cmnrec-tsc", "srmn"])
 async def test_batch_endpoint_gives_the_states_of_one_by_one(variant, exported, histories,
                                                              make_settings):
-    from service.keys import KeySchema
+    from service.state.keys import KeySchema
     import redis.asyncio as aioredis
 
     _, artifact = exported[variant]

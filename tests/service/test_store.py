@@ -7,8 +7,8 @@ import hashlib
 import pytest
 import redis.asyncio as aioredis
 
-from service.keys import KeySchema
-from service.store import (CAS_SCRIPT, Event, StateStoreUnavailable, UnknownItemError,
+from service.state.keys import KeySchema
+from service.state.store import (CAS_SCRIPT, Event, StateStoreUnavailable, UnknownItemError,
                            open_redis)
 from tests.service.helpers import metric, open_store, replay
 
@@ -247,7 +247,7 @@ async def test_unknown_user_gets_popularity_and_delete_forgets(make_settings, en
 
 
 async def test_redis_down_raises_state_store_unavailable(make_settings, engine):
-    from service.redis_server import free_port
+    from service.ops.redis_server import free_port
 
     settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0",
                              redis_timeout_seconds=0.5)

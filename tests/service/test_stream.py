@@ -14,11 +14,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from service.leases import PartitionLeases
-from service.replay import dataset_events
-from service.stream import (MalformedEvent, StreamKeys, ensure_groups, partition_of,
+from service.streams.leases import PartitionLeases
+from service.streams.replay import dataset_events
+from service.streams.publish import (MalformedEvent, StreamKeys, ensure_groups, partition_of,
                             publish_events, publish_events_async)
-from training.data import ItemVocab, SequenceDataset
+from data.dataset import ItemVocab, SequenceDataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_partition_is_crc32_of_the_user_and_stable_across_processes():
     ours = [partition_of(u, 7) for u in users]
     assert ours == [zlib.crc32(u.encode()) % 7 for u in users]
     assert set(ours) == set(range(7))  # spread over every partition
-    code = ("from service.stream import partition_of; import json, sys; "
+    code = ("from service.streams.publish import partition_of; import json, sys; "
             "print(json.dumps([partition_of(u, 7) for u in json.loads(sys.argv[1])]))")
     for seed in ("1", "2"):  # Python's own str hash would differ between these two
         out = subprocess.run([sys.executable, "-c", code, json.dumps(users)], check=True,
@@ -192,7 +192,7 @@ def test_replay_command_streams_a_ratings_file(redis_url, key_prefix, tmp_path):
 
 def test_replay_command_drives_the_http_api(artifacts, redis_url, key_prefix, tmp_path):
     """`cmnrec replay --url` against a real `cmnrec serve`: every event applied once, in order."""
-    from service.redis_server import free_port
+    from service.ops.redis_server import free_port
     from tests.service.served import ServedProcess, left_running
 
     ratings = tmp_path / "ratings.csv"

@@ -19,9 +19,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from service.store import StateStore, open_redis
-from service.stream import StreamKeys, partition_of, publish_events
-from service.worker import StreamWorker, WorkerOptions
+from service.state.store import StateStore, open_redis
+from service.streams.publish import StreamKeys, partition_of, publish_events
+from service.streams.worker import StreamWorker, WorkerOptions
 from tests.conftest import delete_prefix
 from tests.service.helpers import metric, open_store, replay, serving, tiny_vocab
 from tests.service.served import descendants, left_running
@@ -232,7 +232,7 @@ async def test_a_failed_batch_stays_pending_and_is_applied_once_later(
         make_settings, engine, redis_url, key_prefix):
     """The store fails (Redis trouble) after committing part of a batch: nothing is acknowledged,
     the worker reclaims its own entries once idle and applies the rest, each event exactly once."""
-    from service.store import StateStoreUnavailable
+    from service.state.store import StateStoreUnavailable
 
     class FlakyStore(StateStore):
         failures = 0
@@ -320,7 +320,7 @@ async def test_a_batch_longer_than_the_lease_keeps_its_partitions(
 def _worker_that_dies_after_commit(redis_url: str, prefix: str, artifact: str, die_at: int,
                                    consumer: str) -> None:
     """Child process: a worker whose `die_at`-th batch is committed, then SIGKILL before XACK."""
-    from service.settings import Settings
+    from service.ops.settings import Settings
 
     class DyingStore(StateStore):
         calls = 0
@@ -462,7 +462,7 @@ async def test_cmnrec_worker_sigkilled_mid_batch_loses_nothing(
 
 def test_cmnrec_worker_stops_gracefully_on_sigterm_and_serves_metrics(
         artifacts, redis_url, key_prefix):
-    from service.redis_server import free_port
+    from service.ops.redis_server import free_port
 
     keys = StreamKeys(key_prefix)
     sync = redis.Redis.from_url(redis_url)

@@ -11,7 +11,7 @@ from model.network import SequentialRecommender, build_model
 from model.state import PopState
 from tests.training.toy_data import counting_dataset, cyclic_dataset
 from training.evaluation import evaluate_model, leave_one_out_ranks, target_ranks
-from training.split import evaluation_users, training_item_counts, training_sequences
+from data.split import evaluation_users, training_item_counts, training_sequences
 
 
 class NextPositionOracle(SequentialRecommender):

@@ -13,9 +13,10 @@ from model.config import ModelConfig
 from model.network import build_model
 from tests.training.toy_data import cyclic_dataset
 from training.batching import length_sorted_batches
-from training.split import training_item_counts, training_sequences
-from training.synthetic import synthetic_dataset
-from training.trainer import TrainSettings, count_parameters, train_epoch, train_model
+from data.split import training_item_counts, training_sequences
+from data.synthetic import synthetic_dataset
+from training.settings import TrainSettings
+from training.trainer import count_parameters, train_epoch, train_model
 
 TINY = dict(embed_dim=8, hidden_dim=16, mem_width=8, attn_dim=8, block_len=10, slots=3)
 

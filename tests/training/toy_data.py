@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.data import ItemVocab, SequenceDataset
+from data.dataset import ItemVocab, SequenceDataset
 
 
 def cyclic_dataset(users: int = 120, items: int = 40, min_len: int = 3, max_len: int = 60,

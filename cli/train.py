@@ -1,0 +1,235 @@
+"""`cmnrec train`, `cmnrec evaluate`, `cmnrec predict`.
+
+Plain functions with typer options; cli/app.py registers them. Torch and the training modules
+are imported inside the function bodies, because cli/app.py is imported by the torch-free
+serving install.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from model.config import CHUNK_RULES, MODELS, ModelConfig
+from training.settings import TrainSettings
+
+if TYPE_CHECKING:
+    from data.dataset import SequenceDataset
+
+
+# The choices and defaults come from ModelConfig and TrainSettings (torch-free modules), so the
+# CLI never drifts from the configuration it builds.
+ModelName = Enum("ModelName", {name: name for name in MODELS}, type=str)  # type: ignore[misc]
+ChunkRule = Enum("ChunkRule", {name: name for name in CHUNK_RULES}, type=str)  # type: ignore[misc]
+_MODEL = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+_TRAIN = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
+
+
+BUILTIN_DATASETS = ("ml-100k", "synthetic")
+
+# ModelConfig / TrainSettings field -> the CLI option that sets it (for error messages).
+_OPTION_OF_FIELD = {
+    "num_items": "--dataset", "model": "--model", "rule": "--rule", "embed_dim": "--embed-dim",
+    "hidden_dim": "--hidden-dim", "mem_width": "--mem-width", "read_heads": "--read-heads",
+    "attn_dim": "--attn-dim", "block_len": "--block-len", "slots": "--slots",
+    "out_dim": "--out-dim", "dropout": "--dropout", "epochs": "--epochs",
+    "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
+    "patience": "--patience", "clip_norm": "--clip-norm", "threads": "--threads",
+    "max_seconds": "--max-seconds", "eval_batch_size": "--eval-batch-size", "seed": "--seed",
+}
+
+
+def _bad_option(error: ValueError) -> typer.BadParameter:
+    """Turn a config ValueError ("field: reason") into a CLI error naming the option."""
+    message = str(error)
+    field = message.split(":", 1)[0].strip()
+    return typer.BadParameter(message, param_hint=_OPTION_OF_FIELD.get(field, "option"))
+
+
+def load_dataset_source(source: str, min_item_freq: int = 1, seed: int = 0,
+                        cache_dir: Optional[Path] = None) -> "SequenceDataset":
+    """The data set named by --dataset: "ml-100k", "synthetic" (generated with `seed`) or a file.
+
+    Errors name the option: typer.BadParameter with param_hint --dataset.
+    """
+    from data.errors import DatasetError
+
+    try:
+        if source == "synthetic":
+            from data.remap import filter_min_item_freq
+            from data.synthetic import synthetic_dataset
+
+            return filter_min_item_freq(synthetic_dataset(seed=seed), min_item_freq)
+        from data.loaders import load_dataset
+
+        return load_dataset(source, min_item_freq=min_item_freq, cache_dir=cache_dir)
+    except (DatasetError, OSError, ValueError, KeyError) as error:
+        raise typer.BadParameter(str(error), param_hint="--dataset") from error
+
+
+def metrics_table(metrics: dict[str, dict[str, float]], title: str) -> Table:
+    """A rich table: one row per metric (HR/NDCG/MRR at 5, 10, 20), one column per split."""
+    from training.metrics import metric_keys
+
+    table = Table(title=title)
+    table.add_column("metric")
+    splits = [s for s in ("valid", "test") if s in metrics]
+    for split in splits:
+        table.add_column(split, justify="right")
+    for key in metric_keys():
+        table.add_row(key.upper(), *(f"{metrics[s][key]:.4f}" for s in splits))
+    return table
+
+
+def train(
+    dataset: str = typer.Option("ml-100k", help="ml-100k, synthetic, or a path to u.data, "
+                                "ratings.dat, ratings.csv or a user,item,timestamp CSV"),
+    model: ModelName = typer.Option(ModelName(_MODEL["model"]), help="network to train"),
+    rule: ChunkRule = typer.Option(ChunkRule(_MODEL["rule"]), help="chunk rule of cmnrec (srmn writes memory "
+                                   "at every event; the RNNs and pop have none)"),
+    slots: int = typer.Option(_MODEL["slots"], help="chunks per block M (= memory slots N)"),
+    block_len: int = typer.Option(_MODEL["block_len"], help="events per block T (the chunk schedule restarts every T)"),
+    embed_dim: int = typer.Option(_MODEL["embed_dim"], help="item embedding size k"),
+    hidden_dim: int = typer.Option(_MODEL["hidden_dim"], help="controller (LSTM/GRU) size H"),
+    mem_width: int = typer.Option(_MODEL["mem_width"], help="memory slot width W"),
+    read_heads: int = typer.Option(_MODEL["read_heads"], help="DNC read heads R"),
+    attn_dim: int = typer.Option(_MODEL["attn_dim"], help="chunk attention size b"),
+    out_dim: Optional[int] = typer.Option(_MODEL["out_dim"], help="projection size before the item scores "
+                                          "(default: embed-dim)"),
+    dropout: float = typer.Option(_MODEL["dropout"], help="dropout on the embedding and the output projection"),
+    epochs: int = typer.Option(_TRAIN["epochs"], help="maximum number of epochs"),
+    batch_size: int = typer.Option(_TRAIN["batch_size"], help="users per batch (one optimizer step per block)"),
+    lr: float = typer.Option(_TRAIN["lr"], help="Adam learning rate"),
+    weight_decay: float = typer.Option(_TRAIN["weight_decay"], help="Adam L2 penalty"),
+    patience: int = typer.Option(_TRAIN["patience"], help="epochs without a better validation NDCG@10 before "
+                                 "stopping (0: never stop early)"),
+    clip_norm: float = typer.Option(_TRAIN["clip_norm"], help="gradient norm clip (0: off)"),
+    seed: int = typer.Option(_TRAIN["seed"], help="random seed (weights, dropout, batch order, synthetic data)"),
+    threads: Optional[int] = typer.Option(_TRAIN["threads"], help="torch CPU threads (default: torch's)"),
+    max_seconds: Optional[float] = typer.Option(_TRAIN["max_seconds"], help="wall-clock budget for training"),
+    min_item_freq: int = typer.Option(1, help="drop items with fewer interactions"),
+    eval_batch_size: int = typer.Option(_TRAIN["eval_batch_size"], help="users per evaluation forward"),
+    cache_dir: Optional[Path] = typer.Option(None, help="download cache for ml-100k"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/DATASET-MODEL)"),
+    progress: bool = typer.Option(True, help="show the progress bar"),
+) -> None:
+    """Train a model, evaluate it (leave-one-out, full ranking) and write a run directory."""
+    from training.pipeline import train_run
+
+    if min_item_freq < 1:
+        raise typer.BadParameter(f"must be >= 1, got {min_item_freq}", param_hint="--min-item-freq")
+    try:
+        settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr,
+                                 weight_decay=weight_decay, seed=seed, patience=patience,
+                                 clip_norm=clip_norm, threads=threads, max_seconds=max_seconds,
+                                 eval_batch_size=eval_batch_size)
+    except ValueError as error:
+        raise _bad_option(error) from error
+    data = load_dataset_source(dataset, min_item_freq=min_item_freq, seed=seed, cache_dir=cache_dir)
+    try:
+        config = ModelConfig(num_items=data.num_items, model=model.value, rule=rule.value,
+                             embed_dim=embed_dim, hidden_dim=hidden_dim, mem_width=mem_width,
+                             read_heads=read_heads, attn_dim=attn_dim, block_len=block_len,
+                             slots=slots, out_dim=out_dim, dropout=dropout)
+    except ValueError as error:
+        raise _bad_option(error) from error
+    if out is None:
+        suffix = f"-{config.rule}" if config.model == "cmnrec" else ""
+        out = Path("runs") / f"{data.name}-{config.model}{suffix}"
+
+    console = Console()
+    console.print(f"[bold]{config.model}[/] ({config.rule}) on {data.name}: {len(data.users)} "
+                  f"users, {data.num_items - 1} items, {data.num_interactions} interactions")
+    source = dataset if dataset in BUILTIN_DATASETS else str(Path(dataset).resolve())
+    try:
+        result = train_run(data, config, settings, out, progress=progress,
+                           dataset_info={"source": source, "min_item_freq": min_item_freq,
+                                         "seed": seed})
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--dataset") from error
+    report = result.report
+    console.print(metrics_table(report.metrics, f"{config.model} on {data.name} "
+                                f"(leave-one-out, full ranking)"))
+    console.print(f"{report.epochs} epochs ({report.stopped}, best {report.best_epoch}), "
+                  f"{report.seconds_per_epoch:.2f} s/epoch, {report.parameters:,} parameters")
+    console.print(f"wrote {out / 'checkpoint.pt'} and {out / 'metrics.json'}")
+
+
+def evaluate(
+    run: Path = typer.Option(..., help="run directory written by cmnrec train"),
+    exclude_seen: bool = typer.Option(False, help="never rank items the user has already seen"),
+    json_output: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    dataset: Optional[str] = typer.Option(None, help="evaluate on another data set (default: the "
+                                          "run's); items the run does not know are dropped"),
+    batch_size: int = typer.Option(128, help="users per evaluation forward"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    cache_dir: Optional[Path] = typer.Option(None, help="download cache for ml-100k"),
+) -> None:
+    """Re-evaluate a run's checkpoint (leave-one-out by time, full ranking, HR/NDCG/MRR@5/10/20)."""
+    import torch
+
+    from training.checkpoint import load_run
+    from training.evaluation import evaluate_model
+    from data.remap import align_to_vocab
+    from data.split import evaluation_users
+
+    if batch_size < 1:
+        raise typer.BadParameter(f"must be >= 1, got {batch_size}", param_hint="--batch-size")
+    if threads is not None:
+        if threads < 1:
+            raise typer.BadParameter(f"must be >= 1, got {threads}", param_hint="--threads")
+        torch.set_num_threads(threads)
+    try:
+        loaded = load_run(run)
+    except FileNotFoundError as error:
+        raise typer.BadParameter(str(error), param_hint="--run") from error
+    recipe = dict(loaded.extra.get("dataset") or {})
+    source = dataset or recipe.get("source")
+    if source is None:
+        raise typer.BadParameter("the run does not say which data set it was trained on; "
+                                 "pass --dataset", param_hint="--run")
+    data = load_dataset_source(source, min_item_freq=int(recipe.get("min_item_freq", 1)),
+                               seed=int(recipe.get("seed", 0)), cache_dir=cache_dir)
+    data = align_to_vocab(data, loaded.vocab)
+    metrics = evaluate_model(loaded.model, data, batch_size=batch_size, exclude_seen=exclude_seen)
+    if json_output:
+        typer.echo(json.dumps({**metrics, "exclude_seen": exclude_seen, "dataset": source,
+                               "eval_users": int(len(evaluation_users(data)))}, indent=2))
+        return
+    seen = ", seen items excluded" if exclude_seen else ""
+    Console().print(metrics_table(metrics, f"{loaded.config.model} on {data.name} "
+                                  f"(leave-one-out, full ranking{seen})"))
+
+
+def predict(
+    run: Path = typer.Option(..., help="run directory written by cmnrec train"),
+    items: str = typer.Option(..., help="comma-separated external item ids, oldest first"),
+    n: int = typer.Option(10, help="number of recommendations"),
+    exclude_seen: bool = typer.Option(False, help="drop the items of --items"),
+) -> None:
+    """Print the top-n next items after a sequence of items as JSON."""
+    from training.checkpoint import load_run
+    from training.predict import UnknownItemError, recommend
+
+    if n < 1:
+        raise typer.BadParameter(f"must be >= 1, got {n}", param_hint="--n")
+    sequence = [part.strip() for part in items.split(",")]
+    if not items.strip() or any(not part for part in sequence):
+        raise typer.BadParameter(f"expected comma-separated item ids, got {items!r}",
+                                 param_hint="--items")
+    try:
+        loaded = load_run(run)
+    except FileNotFoundError as error:
+        raise typer.BadParameter(str(error), param_hint="--run") from error
+    try:
+        recommendations = recommend(loaded, None, sequence, n=n, exclude_seen=exclude_seen)
+    except UnknownItemError as error:
+        raise typer.BadParameter(f"unknown item id {error.item_id!r} (not in the run's item "
+                                 f"vocabulary)", param_hint="--items") from error
+    typer.echo(json.dumps({"recommendations": recommendations}))

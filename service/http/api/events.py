@@ -1,0 +1,101 @@
+"""POST /v1/events and POST /v1/events/batch: apply interactions, answer recommendations."""
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+
+from service.http.api.deps import (CoalescerDep, RecommendationParamsDep, SettingsDep, StoreDep,
+                              check_id)
+from service.http.coalescer import CoalescerClosed
+from service.http.errors import ERROR_RESPONSES, ApiError
+from service.ops.labels import ErrorCode, Route
+from service.http.schemas import BatchIn, BatchOut, EventIn, EventOut, RecommendationOut
+from service.ops.settings import Settings
+from service.state.store import ApplyResult, Event, UnknownItemError
+
+router = APIRouter(tags=["events"])
+
+# Always reported, 0 when a stage did not run (e.g. a repeated event id never reaches the model).
+MAIN_STAGES = ("state_read", "model", "state_write")
+
+
+def latency_ms(timings: dict[str, float], total_seconds: float,
+               queue_seconds: float | None = None) -> dict[str, float]:
+    """Stage seconds -> milliseconds, with `total` measured by the route. For a coalesced event
+    the stages are those of the whole batch that carried it, and `queue` is the time it waited
+    for that batch to be dispatched."""
+    out = {stage: 0.0 for stage in MAIN_STAGES}
+    out.update({stage: seconds * 1e3 for stage, seconds in timings.items() if stage != "total"})
+    if queue_seconds is not None:
+        out["queue"] = queue_seconds * 1e3
+    out["total"] = total_seconds * 1e3
+    return {stage: round(ms, 4) for stage, ms in out.items()}
+
+
+def event_out(result: ApplyResult, latency: dict[str, float]) -> EventOut:
+    return EventOut(
+        user_id=result.event.user_id, item_id=result.event.item_id,
+        event_id=result.event.event_id, applied=result.applied, position=result.position,
+        chunk_time=result.chunk_time, model_version=result.model_version,
+        recommendations=[RecommendationOut(item_id=r.item_id, score=r.score, title=r.title)
+                         for r in result.recommendations],
+        latency_ms=latency)
+
+
+def to_event(body: EventIn, settings: Settings, prefix: str = "") -> Event:
+    for name in ("user_id", "item_id", "event_id"):
+        check_id(getattr(body, name), prefix + name, settings)
+    return Event(body.user_id, body.item_id, body.event_id, body.timestamp)
+
+
+@router.post(Route.EVENTS.value, response_model=EventOut, response_model_exclude_none=True,
+             responses=ERROR_RESPONSES, summary="Apply one interaction")
+async def post_event(body: EventIn, params: RecommendationParamsDep, store: StoreDep,
+                     coalescer: CoalescerDep, settings: SettingsDep) -> EventOut:
+    """Applies the event to the user's state (exactly once per event_id) and answers the top-n
+    next items after it. Concurrent requests are applied together in one batch (settings.coalesce);
+    `latency_ms.queue` is the wait for that batch, the stage figures are the batch's."""
+    started = time.perf_counter()
+    event = to_event(body, settings)
+    if coalescer is None:
+        try:
+            result = await store.apply(event, n=params.n, exclude_seen=params.exclude_seen)
+        except UnknownItemError as err:
+            raise unknown_item(err.item_id) from None
+        return event_out(result, latency_ms(result.timings, time.perf_counter() - started))
+    if event.item_id not in store.engine.vocab:  # checked here so that it fails no other request
+        raise unknown_item(event.item_id)
+    try:
+        outcome = await coalescer.submit(event, n=params.n, exclude_seen=params.exclude_seen)
+    except CoalescerClosed:
+        raise ApiError(ErrorCode.NOT_READY, "the service is starting or stopping") from None
+    return event_out(outcome.result, latency_ms(outcome.result.timings,
+                                                time.perf_counter() - started,
+                                                outcome.queue_seconds))
+
+
+def unknown_item(item_id: str) -> ApiError:
+    return ApiError(ErrorCode.UNKNOWN_ITEM, f"item_id: unknown item {item_id!r}, not in the"
+                    " model's vocabulary; nothing was applied", "item_id")
+
+
+@router.post(Route.EVENTS_BATCH.value, response_model=BatchOut, response_model_exclude_none=True,
+             responses=ERROR_RESPONSES, summary="Apply a batch of interactions")
+async def post_events_batch(body: BatchIn, params: RecommendationParamsDep, store: StoreDep,
+                            settings: SettingsDep) -> BatchOut:
+    """One result per event, in order. One user's events are applied in the order given; the
+    events of different users are stepped together. Nothing is applied if any event is invalid."""
+    started = time.perf_counter()
+    if len(body.events) > settings.max_batch_size:
+        raise ApiError(ErrorCode.BATCH_TOO_LARGE, f"events: {len(body.events)} events, at most"
+                       f" {settings.max_batch_size} per batch", "events")
+    events = [to_event(e, settings, f"events[{i}].") for i, e in enumerate(body.events)]
+    try:
+        results = await store.apply_batch(events, n=params.n, exclude_seen=params.exclude_seen)
+    except UnknownItemError as err:
+        raise ApiError(ErrorCode.UNKNOWN_ITEM, f"events[{err.index}].item_id: unknown item"
+                       f" {err.item_id!r}; nothing was applied",
+                       f"events[{err.index}].item_id") from None
+    latency = latency_ms(results[0].timings if results else {}, time.perf_counter() - started)
+    return BatchOut(results=[event_out(r, latency) for r in results], latency_ms=latency)

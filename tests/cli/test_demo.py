@@ -1,0 +1,42 @@
+"""`cmnrec demo` on an existing artifact: serves on embedded Redis, replays real users over HTTP,
+prints titles, latencies and how to go on, then stops everything (stdin is not a terminal)."""
+from __future__ import annotations
+
+import os
+
+from typer.testing import CliRunner
+
+from cli.app import app
+from data.dataset import ItemVocab
+from tests.service.helpers import make_artifact
+from tests.service.served import descendants, left_running
+
+
+def test_demo_replays_users_and_stops_cleanly(movielens, tmp_path, monkeypatch):
+    vocab = ItemVocab(ids=list(movielens.vocab.ids), titles=dict(movielens.vocab.titles))
+    artifact = make_artifact(tmp_path, "demo", block_len=10, slots=3, vocab=vocab,
+                             counts=movielens.item_counts())
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("CMNREC_REDIS_URL", raising=False)
+    before = descendants(os.getpid())
+    result = CliRunner().invoke(app, ["demo", "--artifact", str(artifact), "--run",
+                                      str(tmp_path / "no-run"), "--users", "1,7", "--events",
+                                      "15", "--port", "0", "--no-keep-serving"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "Using the exported model" in out and "embedded redis-server" in out
+    assert "replayed 15 events of user 1: position 15" in out
+    assert "applied=False" in out  # the repeated event id
+    assert "User 7" in out and "(199" in out  # titles with their years
+    assert "Latency of 30 POST /v1/events" in out and "client round trip" in out
+    assert "curl -s -X POST" in out and "/v1/users/1/recommendations" in out
+    assert not (tmp_path / "no-run").exists()  # no training when the artifact exists
+    assert not left_running(descendants(os.getpid()) - before)
+
+
+def test_demo_refuses_unknown_users(movielens, tmp_path):
+    vocab = ItemVocab(ids=list(movielens.vocab.ids))
+    artifact = make_artifact(tmp_path, "demo", vocab=vocab, counts=movielens.item_counts())
+    result = CliRunner().invoke(app, ["demo", "--artifact", str(artifact), "--users", "99999",
+                                      "--no-keep-serving", "--port", "0"])
+    assert result.exit_code != 0 and "99999" in result.output
