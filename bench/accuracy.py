@@ -24,8 +24,17 @@ import typer
 if __package__ in (None, ""):  # run as a script (python bench/accuracy.py): make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (DIMS, RESULTS_DIR, benchmark_dataset, dataset_info, machine_info,
-                          markdown_table, now_utc, parse_ints, save_results)
+from bench.common import (
+    DIMS,
+    RESULTS_DIR,
+    benchmark_dataset,
+    dataset_info,
+    machine_info,
+    markdown_table,
+    now_utc,
+    parse_ints,
+    save_results,
+)
 from model.config import ModelConfig
 from training.settings import TrainSettings
 from training.trainer import train_model

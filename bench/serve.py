@@ -181,12 +181,13 @@ def stream_worker(artifact: Path, pairs: list[list[str]], *, order: str, events:
     from bench.stream_worker import backlog, start_worker, worker_metrics
     from service.state.keys import KeySchema
     from service.ops.redis_server import EmbeddedRedis, free_port
-    from service.streams.publish import StreamKeys, publish_events
+    from service.state.keys import KeySchema
+from service.streams.publish import publish_events
 
     with EmbeddedRedis() as server:
         client = redis.Redis.from_url(server.url)
         prefix = f"bench-{uuid.uuid4().hex[:8]}"
-        keys = StreamKeys(prefix)
+        keys = KeySchema(prefix)
         backlog_events = [{"user_id": u, "item_id": i, "event_id": f"b-{n}"}
                           for n, (u, i) in enumerate(pairs[:events])]
         for start in range(0, len(backlog_events), 1000):

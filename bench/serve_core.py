@@ -32,10 +32,21 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS_DIR, machine_info, now_utc, parse_ints  # noqa: E402
-from bench.serving import (PAPER_DIMS, ServedModel, busy_processes, export_random,  # noqa: E402
-                           busy_fraction, load_average, machine_busy,
-                           percentiles, phased_pairs, run_load,
-                           scratch_dir, warm_users, write_events_file)
+from bench.serving import (  # noqa: E402
+    PAPER_DIMS,
+    ServedModel,
+    busy_fraction,
+    busy_processes,
+    export_random,
+    load_average,
+    machine_busy,
+    percentiles,
+    phased_pairs,
+    run_load,
+    scratch_dir,
+    warm_users,
+    write_events_file,
+)
 
 AIM_P99_MS = 10.0
 AIM_RATE = 500.0
@@ -78,7 +89,9 @@ async def _store_timing(artifact: Path, url: str, events: int, users: int,
                         seed: int) -> dict[str, Any]:
     from model.engine import StepEngine
     from service.ops.settings import Settings
-    from service.state.store import Event, StateStore, open_redis
+    from service.state.connection import open_redis
+    from service.state.domain import Event
+    from service.state.store import StateStore
 
     engine = StepEngine.load(artifact)
     settings = Settings(redis_url=url, key_prefix="bench-core")

@@ -39,9 +39,9 @@ def export_random(root: Path, name: str, dataset: Any, *, model: str, rule: str,
     import torch
 
     from model.config import ModelConfig
-    from training.export_run import export_run
     from model.network import build_model
     from training.checkpoint import save_run
+    from training.export_run import export_run
 
     config = ModelConfig(num_items=dataset.num_items, model=model, rule=rule, slots=slots,
                          block_len=block_len, **(dims or PAPER_DIMS))

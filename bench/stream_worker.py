@@ -30,11 +30,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (DIMS, RESULTS_DIR, benchmark_dataset, machine_info,  # noqa: E402
-                          markdown_table, now_utc, save_results)
+from bench.common import (  # noqa: E402
+    DIMS,
+    RESULTS_DIR,
+    benchmark_dataset,
+    machine_info,
+    markdown_table,
+    now_utc,
+    save_results,
+)
 from service.ops.redis_server import EmbeddedRedis, free_port  # noqa: E402
+from service.state.keys import KeySchema
+from service.streams.publish import publish_events  # noqa: E402
 from service.streams.replay import dataset_events  # noqa: E402
-from service.streams.publish import StreamKeys, publish_events  # noqa: E402
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"embed_dim": 16, "hidden_dim": 32, "mem_width": 16, "attn_dim": 16, "read_heads": 1},
@@ -49,9 +57,9 @@ def export_model(root: Path, size: str, dataset: Any) -> Path:
     import torch
 
     from model.config import ModelConfig
-    from training.export_run import export_run
     from model.network import build_model
     from training.checkpoint import save_run
+    from training.export_run import export_run
 
     config = ModelConfig(num_items=dataset.num_items, model="cmnrec", rule="tsc", block_len=50,
                          slots=4, **SIZES[size])
@@ -84,7 +92,7 @@ def interleaved_events(dataset: Any, limit: int) -> list[dict]:
     return out
 
 
-def backlog(client: redis.Redis, keys: StreamKeys, partitions: int) -> int:
+def backlog(client: redis.Redis, keys: KeySchema, partitions: int) -> int:
     """Entries not yet delivered + delivered but not acknowledged, over all partitions."""
     total = 0
     for p in range(partitions):
@@ -151,7 +159,7 @@ def measure(size: str, order: str, artifact: Path, url: str, events: list[dict],
     load_before = os.getloadavg()[0]  # other people share the 2 cores: note how busy they were
     client = redis.Redis.from_url(url)
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    keys = StreamKeys(prefix)
+    keys = KeySchema(prefix)
     publish_events(client, events, partitions=partitions, prefix=prefix)
     port = free_port()
     worker = start_worker(artifact, url, prefix, partitions, batch_size, port)

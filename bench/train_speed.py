@@ -32,15 +32,24 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as a script (python bench/train_speed.py): make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (DIMS, RESULTS_DIR, benchmark_dataset, dataset_info, machine_info,
-                          markdown_table, now_utc, parse_ints, save_results)
+from bench.common import (
+    DIMS,
+    RESULTS_DIR,
+    benchmark_dataset,
+    dataset_info,
+    machine_info,
+    markdown_table,
+    now_utc,
+    parse_ints,
+    save_results,
+)
+from data.dataset import SequenceDataset
+from data.split import training_sequences
 from model.config import ModelConfig
 from model.network import SequentialRecommender, build_model
 from model.schedule import chunk_times
 from training.batching import length_sorted_batches
-from data.dataset import SequenceDataset
 from training.evaluation import leave_one_out_ranks
-from data.split import training_sequences
 from training.settings import TrainSettings
 from training.trainer import count_parameters, train_epoch
 

@@ -9,8 +9,8 @@
 from __future__ import annotations
 
 import socket
-import sys
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-
 from rich.console import Console
 from rich.table import Table
 
@@ -44,9 +43,9 @@ class DemoOptions:
 
 
 def run_demo(options: DemoOptions) -> None:
-    from service.ops.redis_server import redis_url_or_embedded
-    from service.http.runner import BackgroundServer
     from data.loaders import load_dataset
+    from service.http.runner import BackgroundServer
+    from service.ops.redis_server import redis_url_or_embedded
 
     console = Console()
     ensure_artifact(options, console)

@@ -26,8 +26,8 @@ def export(
         raise typer.BadParameter(f"{out} exists and is not an artifact; refusing to replace it",
                                  param_hint="--out")
     try:
-        from training.export_run import export_run
         from model.manifest import Manifest
+        from training.export_run import export_run
 
         artifact = export_run(run, out)
     except ValueError as err:  # e.g. the popularity model, or a malformed checkpoint config

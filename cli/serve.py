@@ -5,7 +5,6 @@ Torch-free: heavy imports happen inside the command, so the serving install runs
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -38,8 +37,12 @@ def serve(
     """
     from pydantic import ValidationError
 
-    from service.ops.redis_server import RedisServerFailed, RedisServerNotFound, redis_url_or_embedded
     from service.http.runner import run_uvicorn
+    from service.ops.redis_server import (
+        RedisServerFailed,
+        RedisServerNotFound,
+        redis_url_or_embedded,
+    )
     from service.ops.settings import Settings
 
     if log_level not in LOG_LEVELS:

@@ -41,9 +41,14 @@ def worker(
     from pydantic import ValidationError
     from rich.console import Console
 
-    from service.ops.redis_server import RedisServerFailed, RedisServerNotFound, redis_url_or_embedded
+    from service.ops.redis_server import (
+        RedisServerFailed,
+        RedisServerNotFound,
+        redis_url_or_embedded,
+    )
     from service.ops.settings import Settings
-    from service.streams.worker import WorkerOptions, run_worker
+    from service.streams.runner import run_worker
+    from service.streams.worker import default_consumer_name
 
     console = Console(stderr=True)
     overrides = {"artifact_dir": artifact, "stream_partitions": partitions,
@@ -56,7 +61,7 @@ def worker(
     if not (artifact / "manifest.json").is_file():
         raise typer.BadParameter(f"{artifact} holds no manifest.json (run `cmnrec export` first)",
                                  param_hint="--artifact")
-    options = WorkerOptions.from_settings(settings, consumer=consumer)
+    consumer = consumer or default_consumer_name()
     logging.basicConfig(level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -64,16 +69,16 @@ def worker(
             if not settings.redis_url:
                 typer.echo(f"embedded Redis at {url} (set REDIS_URL to use your own); publish with\n"
                            f"  REDIS_URL={url} cmnrec replay --dataset ml-100k --stream "
-                           f"--partitions {options.partitions}", err=True)
-            typer.echo(f"worker {options.consumer}: {options.partitions} partitions, "
-                       f"batch {options.batch_size}, metrics on :{settings.worker_metrics_port}",
+                           f"--partitions {settings.stream_partitions}", err=True)
+            typer.echo(f"worker {consumer}: {settings.stream_partitions} partitions, "
+                       f"batch {settings.stream_batch_size}, metrics on :{settings.worker_metrics_port}",
                        err=True)
-            totals = asyncio.run(run_worker(settings, url, options,
+            totals = asyncio.run(run_worker(settings, url, consumer=consumer,
                                             metrics_port=settings.worker_metrics_port))
     except (RedisServerNotFound, RedisServerFailed) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
-    typer.echo(f"worker {options.consumer} stopped: {totals.entries} entries, "
+    typer.echo(f"worker {consumer} stopped: {totals.entries} entries, "
                f"{totals.applied} applied, {totals.duplicates} duplicates, "
                f"{totals.dead_lettered} dead-lettered, {totals.reclaimed} reclaimed", err=True)
 
@@ -109,9 +114,9 @@ def replay(
     from rich.console import Console
     from rich.progress import Progress
 
-    from service.streams.replay import dataset_events, drive_http, publish_replay
-    from service.ops.settings import Settings
     from data.loaders import DatasetError, load_dataset
+    from service.ops.settings import Settings
+    from service.streams.replay import dataset_events, drive_http, publish_replay
 
     console = Console(stderr=True)
     if stream == (url is not None):

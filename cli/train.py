@@ -10,7 +10,7 @@ import dataclasses
 import json
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
@@ -174,10 +174,10 @@ def evaluate(
     """Re-evaluate a run's checkpoint (leave-one-out by time, full ranking, HR/NDCG/MRR@5/10/20)."""
     import torch
 
-    from training.checkpoint import load_run
-    from training.evaluation import evaluate_model
     from data.remap import align_to_vocab
     from data.split import evaluation_users
+    from training.checkpoint import load_run
+    from training.evaluation import evaluate_model
 
     if batch_size < 1:
         raise typer.BadParameter(f"must be >= 1, got {batch_size}", param_hint="--batch-size")

@@ -23,7 +23,12 @@ from typing import BinaryIO, Callable
 import numpy as np
 
 from data.dataset import ItemVocab, SequenceDataset
-from data.errors import DataFormatError, DatasetError, DatasetNotFoundError, UnknownDatasetError
+from data.errors import (
+    DataFormatError,
+    DatasetError,
+    DatasetNotFoundError,
+    UnknownDatasetError,
+)
 from data.interactions import ColumnSpec, RawInteractions, read_interactions
 from data.movielens import read_ml100k
 from data.titles import titles_beside

@@ -15,21 +15,26 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
+from data.dataset import ItemVocab
 from model import ranking
-from model.codec import (StateCodec, StateError, StateFormatError, StateVersionError,
-                         read_header)
+from model.codec import (
+    StateCodec,
+    StateError,
+    StateFormatError,
+    StateVersionError,
+    read_header,
+)
 from model.config import ModelConfig
 from model.manifest import GraphSpec, Manifest
-from data.dataset import ItemVocab
 
 STAGES = ("decode", "controller", "memory", "output", "encode")
 
-__all__ = ["STAGES", "SequenceResult", "StateError", "StateFormatError", "StateVersionError",
+__all__ = ["STAGES", "Engine", "SequenceResult", "StateError", "StateFormatError", "StateVersionError",
            "StepEngine", "StepResult"]
 
 
@@ -53,6 +58,31 @@ class SequenceResult:
     chunk: list[np.ndarray]  # [B] arrays [L_b] bool: event j of row b fell on a chunk time
     scores: np.ndarray | None  # [B, I] float32 logits after each row's last event, or None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES)
+
+
+class Engine(Protocol):
+    """What the serving side needs of an engine (StepEngine is the one implementation): the
+    state store (service/state/store.py) is typed against this, not against onnxruntime."""
+
+    version: str
+    vocab: ItemVocab
+    codec: StateCodec
+
+    def initial_state(self) -> bytes: ...
+
+    def state_pos(self, blob: bytes) -> int: ...
+
+    def apply(self, items: Sequence[int], states: Sequence[bytes]) -> StepResult: ...
+
+    def apply_sequences(self, items: Sequence[Sequence[int]], states: Sequence[bytes], *,
+                        scores: bool = False) -> SequenceResult: ...
+
+    def scores(self, states: Sequence[bytes]) -> np.ndarray: ...
+
+    def popularity_scores(self) -> np.ndarray: ...
+
+    def top_n(self, scores: np.ndarray, n: int,
+              exclude: Sequence[Iterable[int]] | None = None) -> list[list[tuple[int, float]]]: ...
 
 
 class _Graph:

@@ -32,8 +32,14 @@ from torch import Tensor, nn
 from data.dataset import ItemVocab
 from model.codec import CODEC_VERSION, layout_fields
 from model.config import ModelConfig
-from model.manifest import (NEXT_PREFIX, GraphSpec, Manifest, StateFieldSpec, content_hash,
-                            graph_bytes)
+from model.manifest import (
+    NEXT_PREFIX,
+    GraphSpec,
+    Manifest,
+    StateFieldSpec,
+    content_hash,
+    graph_bytes,
+)
 from model.network import CmnRec, RNNRec, SequentialRecommender
 from model.schedule import chunk_mask, chunk_times
 from model.state import state_fields

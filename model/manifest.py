@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.dataset import ItemVocab
 from model.codec import CODEC_VERSION, FieldLayout
 from model.config import ModelConfig
-from data.dataset import ItemVocab
 
 MANIFEST_FILE = "manifest.json"
 ARTIFACT_FORMAT = "cmnrec-artifact"

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.dataset import ItemVocab
 from model.config import ModelConfig
 from model.network import SequentialRecommender, build_model
-from data.dataset import ItemVocab
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from data.dataset import PAD_ID, SequenceDataset
+from data.split import evaluation_users
 from model.network import SequentialRecommender
 from training.batching import length_sorted_batches, pad_right
-from data.dataset import PAD_ID, SequenceDataset
 from training.metrics import CUTOFFS, ranking_metrics
-from data.split import evaluation_users
 
 SPLITS = ("valid", "test")
 

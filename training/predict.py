@@ -11,10 +11,10 @@ from typing import Any, Sequence, Union
 
 import torch
 
+from data.dataset import ItemVocab
 from model import ranking
 from model.network import SequentialRecommender
 from training.checkpoint import Run
-from data.dataset import PAD_ID, ItemVocab
 
 
 class UnknownItemError(KeyError):

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from data.dataset import PAD_ID, SequenceDataset
+from data.split import training_item_counts, training_sequences
 from model.config import ModelConfig
 from model.network import PopularityRecommender, SequentialRecommender, build_model
 from training.batching import length_sorted_batches, pad_right
-from data.dataset import PAD_ID, SequenceDataset
 from training.evaluation import evaluate_model
 from training.settings import TrainSettings
-from data.split import training_item_counts, training_sequences
 
 EARLY_STOPPING_METRIC = "ndcg@10"  # on the validation targets
 

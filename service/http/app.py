@@ -14,10 +14,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.ops import metrics
 from service.http.api import events, model, operations, users
 from service.http.errors import install_error_handlers
 from service.http.middleware import RequestMetricsMiddleware
+from service.ops import metrics
 from service.ops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,8 @@ def create_app(settings: Settings | None = None, *, engine: Any | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from service.http.coalescer import EventCoalescer
-        from service.state.store import StateStore, open_redis
+        from service.state.connection import open_redis
+        from service.state.store import StateStore
 
         if not settings.redis_url:
             raise ConfigurationError("REDIS_URL is not set: point it at a Redis server, or start"

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.state.store import ApplyResult, Event
+from service.state.domain import ApplyResult, Event
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.ops import metrics
 from service.ops.labels import ErrorCode
-from service.state.store import StateConflictError, StateStoreUnavailable
+from service.state.domain import StateConflictError, StateStoreUnavailable
 
 log = logging.getLogger(__name__)
 

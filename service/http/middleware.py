@@ -11,8 +11,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.ops import metrics
 from service.http.errors import error_response
+from service.ops import metrics
 from service.ops.labels import ErrorCode, Method, Route
 
 log = logging.getLogger(__name__)

@@ -11,14 +11,18 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from service.state.domain import InvalidEvent, validate_id
+
 
 def _id_string(value: Any) -> Any:
-    """Accept a JSON string, or an integer (MovieLens ids are numbers), as an id; reject blanks."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if isinstance(value, str) and not value.strip():
-        raise PydanticCustomError("empty_id", "must be a non-empty string")
-    return value
+    """The service's one id rule (service/state/domain.py validate_id); the length limit is a
+    setting, checked by the routes with the same function."""
+    if not isinstance(value, (str, int, bytes)) or isinstance(value, bool):
+        return value  # pydantic's own str validation answers the type error
+    try:
+        return validate_id(value, "")
+    except InvalidEvent as error:
+        raise PydanticCustomError(error.code, error.message) from None
 
 
 Id = Annotated[str, BeforeValidator(_id_string), Field(min_length=1)]

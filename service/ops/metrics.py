@@ -9,11 +9,25 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge,
-                               Histogram, generate_latest, multiprocess)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
-from service.ops.labels import (ROUTE_METHODS, DeadLetterReason, ErrorCode, EventOutcome,
-                            RebuildReason, Stage)
+from service.ops.labels import (
+    ROUTE_METHODS,
+    DeadLetterReason,
+    ErrorCode,
+    EventOutcome,
+    RebuildReason,
+    Stage,
+)
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0, 10.0)

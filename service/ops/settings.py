@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         description="prometheus-client multiprocess directory (set by `cmnrec serve --workers K`)")
     log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug|trace)$")
 
-    # stream ingestion (service/streams/publish.py, service/streams/worker.py)
+    # stream ingestion (service/streams/)
     stream_partitions: int = Field(8, ge=1, le=1024,
                                    description="P event streams; producers and workers must agree")
     stream_group: str = Field("cmnrec-workers", min_length=1, max_length=64,
@@ -81,5 +81,7 @@ class Settings(BaseSettings):
     stream_dead_letter_maxlen: int = Field(100_000, ge=1,
                                            description="approximate cap of each dead-letter stream")
     stream_trim: bool = Field(True, description="trim stream entries every consumer acknowledged")
+    stream_retry_backoff_seconds: float = Field(
+        0.5, gt=0, le=60, description="pause after a failed batch before reclaiming it")
     worker_metrics_port: int = Field(9100, ge=0, le=65535,
                                      description="port of the stream worker's /metrics; 0 = none")

@@ -1,7 +1,8 @@
 """Every Redis key of the service, built in one place.
 
 A user's keys carry the user id in a hash tag, `PREFIX:{<user>}:state`, so that Redis Cluster puts
-all of one user's keys in one slot and the compare-and-set script may touch them together.
+all of one user's keys in one slot and the compare-and-set script may touch them together. A stream
+partition's keys (stream, dead letters, lease) share the tag `{p}` the same way.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ class UserKeys(NamedTuple):
     version: str  # string: the model version that made the blob
     pos: str  # string: events absorbed by the blob (decimal)
     recent: str  # list: the user's most recent external item ids, oldest first, capped
-    events: str  # sorted set: recent event ids, scored by the position they produced, capped
+    events: str  # list: the user's most recent event ids, oldest first, capped
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,18 @@ class KeySchema:
         return UserKeys(state=f"{base}:state", version=f"{base}:version", pos=f"{base}:pos",
                         recent=f"{base}:recent", events=f"{base}:events")
 
-    def pattern(self) -> str:
-        """SCAN pattern matching every key under this prefix."""
-        return f"{self.prefix}:*"
+    def stream(self, partition: int) -> str:
+        """The event stream of one partition."""
+        return f"{self.prefix}:events:{{{partition}}}"
+
+    def dead_letter(self, partition: int) -> str:
+        """The dead-letter stream of one partition."""
+        return f"{self.prefix}:events:{{{partition}}}:dead"
+
+    def lease(self, partition: int) -> str:
+        """The lease (string: owner consumer name, with a TTL) of one partition."""
+        return f"{self.prefix}:events:{{{partition}}}:owner"
+
+    def workers(self) -> str:
+        """Sorted set of live worker names, scored by their last heartbeat (ms since the epoch)."""
+        return f"{self.prefix}:workers"

@@ -17,30 +17,14 @@ import zlib
 
 import redis.asyncio
 
-from service.streams.publish import StreamKeys
-
-# KEYS[1] = lease key; ARGV[1] = owner (consumer name), ARGV[2] = TTL in ms.
-# Extends the lease if ARGV[1] still owns it. Returns 1 if renewed, 0 if the lease is lost.
-RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-# KEYS[1] = lease key; ARGV[1] = owner. Deletes the lease if ARGV[1] owns it. Returns 1 or 0.
-RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+from service.state import lua
+from service.state.keys import KeySchema
 
 
 class PartitionLeases:
     """The partitions one worker (`consumer`) owns out of `partitions`, kept in `owned`."""
 
-    def __init__(self, client: redis.asyncio.Redis, keys: StreamKeys, consumer: str,
+    def __init__(self, client: redis.asyncio.Redis, keys: KeySchema, consumer: str,
                  partitions: int, ttl_ms: int) -> None:
         if ttl_ms < 100:
             raise ValueError(f"lease ttl_ms: must be >= 100, got {ttl_ms}")
@@ -51,8 +35,6 @@ class PartitionLeases:
         self.ttl_ms = ttl_ms
         self.owned: set[int] = set()
         self.live_workers = 0
-        self._renew = client.register_script(RENEW_LUA)
-        self._release = client.register_script(RELEASE_LUA)
         # Start the search for free partitions at a name-dependent place, so that workers starting
         # together do not all race for partition 0.
         self._offset = zlib.crc32(consumer.encode("utf-8")) % partitions
@@ -87,12 +69,9 @@ class PartitionLeases:
         pipe.zcard(self.keys.workers())
         _, _, live = await pipe.execute()
         self.live_workers = int(live)
-        lost = []
-        for partition in sorted(self.owned):
-            renewed = await self._renew(keys=[self.keys.lease(partition)],
-                                        args=[self.consumer, self.ttl_ms])
-            if not renewed:
-                lost.append(partition)
+        owned = sorted(self.owned)
+        renewed = await self._run_script(lua.LEASE_RENEW, owned, [self.consumer, self.ttl_ms])
+        lost = [partition for partition, ok in zip(owned, renewed) if not ok]
         self.owned.difference_update(lost)
         return lost
 
@@ -107,11 +86,23 @@ class PartitionLeases:
 
     async def release(self, partitions: list[int]) -> None:
         """Give leases back (only call when nothing of these partitions is pending for this worker)."""
-        for partition in partitions:
-            await self._release(keys=[self.keys.lease(partition)], args=[self.consumer])
-            self.owned.discard(partition)
+        await self._run_script(lua.LEASE_RELEASE, partitions, [self.consumer])
+        self.owned.difference_update(partitions)
 
     async def release_all(self) -> None:
         """Give every lease back and leave the set of live workers (graceful stop)."""
         await self.release(sorted(self.owned))
         await self.client.zrem(self.keys.workers(), self.consumer)
+
+    async def _run_script(self, script: lua.Script, partitions: list[int],
+                          args: list[object]) -> list[object]:
+        """The script on each partition's lease key, in one round trip (NOSCRIPT-safe)."""
+        if not partitions:
+            return []
+        replies = await lua.run_pipelined(self.client, [
+            lambda p, key=self.keys.lease(partition): script.queue(p, [key], args)
+            for partition in partitions])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies

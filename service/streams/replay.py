@@ -19,8 +19,8 @@ import httpx
 import numpy as np
 import redis
 
-from service.streams.publish import publish_events
 from data.dataset import SequenceDataset
+from service.streams.publish import publish_events
 
 PUBLISH_CHUNK = 1000  # events per pipelined round trip to Redis
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli.app import app
 from tests.training.toy_data import cyclic_dataset
 from training.checkpoint import load_run
-from cli.app import app
 from training.metrics import metric_keys
 from training.predict import recommend
 

@@ -11,10 +11,26 @@ import numpy as np
 import pytest
 
 import data.interactions as interactions
-from data.errors import (DataFormatError, DatasetChecksumError, DatasetDownloadError,
-                                     DatasetNotFoundError, UnknownDatasetError)
-from data.loaders import build_dataset, chronological_order, load_dataset, natural_key, write_interactions
-from data.movielens import CACHE_ENV, RECBOLE_WHEEL, cache_directory, fetch_recbole_wheel
+from data.errors import (
+    DataFormatError,
+    DatasetChecksumError,
+    DatasetDownloadError,
+    DatasetNotFoundError,
+    UnknownDatasetError,
+)
+from data.loaders import (
+    build_dataset,
+    chronological_order,
+    load_dataset,
+    natural_key,
+    write_interactions,
+)
+from data.movielens import (
+    CACHE_ENV,
+    RECBOLE_WHEEL,
+    cache_directory,
+    fetch_recbole_wheel,
+)
 from data.synthetic import synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]

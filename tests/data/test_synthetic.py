@@ -4,7 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data.synthetic import bayes_optimal_hit_rate, synthetic_dataset, synthetic_successor
+from data.synthetic import (
+    bayes_optimal_hit_rate,
+    synthetic_dataset,
+    synthetic_successor,
+)
 
 
 def transitions(dataset) -> tuple[np.ndarray, np.ndarray]:

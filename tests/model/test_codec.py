@@ -6,8 +6,17 @@ import struct
 import numpy as np
 import pytest
 
-from model.codec import (CODEC_VERSION, HEADER, MAGIC, StateCodec, StateError,
-                         StateFormatError, StateVersionError, layout_fields, read_header)
+from model.codec import (
+    CODEC_VERSION,
+    HEADER,
+    MAGIC,
+    StateCodec,
+    StateError,
+    StateFormatError,
+    StateVersionError,
+    layout_fields,
+    read_header,
+)
 from model.config import ModelConfig
 from model.state import state_fields
 

@@ -1,19 +1,18 @@
 """StepEngine.apply_sequences: several events per user in one call equal repeated apply() calls."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from data.dataset import ItemVocab
 from model.codec import StateFormatError, StateVersionError
 from model.engine import StepEngine
-from training.export_run import export_run
 from model.network import build_model
 from tests.model.test_export_engine import NUM_ITEMS, item_counts, tiny_config
 from training.checkpoint import save_run
-from data.dataset import ItemVocab
+from training.export_run import export_run
 
 VARIANTS = {
     "cmnrec-tsc": ("cmnrec", "tsc"),

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from data.dataset import ItemVocab
 from model.codec import StateFormatError, StateVersionError
 from model.config import ModelConfig
 from model.engine import StepEngine
-from training.export_run import export_run
 from model.manifest import ArtifactError, Manifest
 from model.network import build_model
 from model.schedule import chunk_mask, is_chunk_event
 from model.state import NEG_INF
 from training.checkpoint import save_run
-from data.dataset import ItemVocab
+from training.export_run import export_run
 
 NUM_ITEMS = 30
 EVENTS = 17  # over three blocks of T = 5

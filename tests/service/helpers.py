@@ -29,9 +29,9 @@ def make_artifact(root: Path, name: str, *, model: str = "cmnrec", rule: str = "
     import torch
 
     from model.config import ModelConfig
-    from training.export_run import export_run
     from model.network import build_model
     from training.checkpoint import save_run
+    from training.export_run import export_run
 
     vocab = vocab or tiny_vocab()
     config = ModelConfig(num_items=len(vocab), model=model, rule=rule, block_len=block_len,
@@ -60,7 +60,8 @@ async def serving(settings: Any, engine: Any = None) -> AsyncIterator[httpx.Asyn
 @asynccontextmanager
 async def open_store(settings: Any, engine: Any) -> AsyncIterator[Any]:
     """A StateStore on its own Redis pool, closed afterwards."""
-    from service.state.store import StateStore, open_redis
+    from service.state.connection import open_redis
+    from service.state.store import StateStore
 
     redis = open_redis(settings.redis_url, settings)
     try:

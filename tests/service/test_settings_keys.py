@@ -8,9 +8,9 @@ import pytest
 from pydantic import ValidationError
 from redis.crc import key_slot
 
-from service.state.keys import KeySchema
 from service.http.runner import multiprocess_metrics, settings_environment
 from service.ops.settings import Settings
+from service.state.keys import KeySchema
 
 
 def test_settings_read_the_environment(monkeypatch):

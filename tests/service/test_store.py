@@ -7,9 +7,10 @@ import hashlib
 import pytest
 import redis.asyncio as aioredis
 
+from service.state import lua
+from service.state.connection import open_redis
+from service.state.domain import Event, StateStoreUnavailable, UnknownItemError
 from service.state.keys import KeySchema
-from service.state.store import (CAS_SCRIPT, Event, StateStoreUnavailable, UnknownItemError,
-                           open_redis)
 from tests.service.helpers import metric, open_store, replay
 
 pytestmark = pytest.mark.anyio
@@ -55,7 +56,7 @@ async def test_cas_script_refuses_a_known_event_id_even_when_the_state_matches(
     keys = KeySchema(settings.key_prefix).user("carol")
     client = aioredis.Redis.from_url(redis_url)
     try:
-        script = client.register_script(CAS_SCRIPT)
+        script = client.register_script(lua.CAS.source)
         base = [str(snap.position), engine.version, hashlib.sha1(snap.state).hexdigest(),
                 b"new-blob", engine.version, 2, 0, 1000, 1000]
         refused = await script(keys=list(keys), args=base + [ITEMS[1], "e-1"])

@@ -14,16 +14,18 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from service.streams.leases import PartitionLeases
-from service.streams.replay import dataset_events
-from service.streams.publish import (MalformedEvent, StreamKeys, ensure_groups, partition_of,
-                            publish_events, publish_events_async)
 from data.dataset import ItemVocab, SequenceDataset
+from service.state.domain import InvalidEvent
+from service.state.keys import KeySchema
+from service.streams.leases import PartitionLeases
+from service.streams.publish import ensure_groups, publish_events, publish_events_async
+from service.streams.records import partition_of
+from service.streams.replay import dataset_events
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def stream_entries(client: redis.Redis, keys: StreamKeys, partitions: int) -> dict[int, list[dict]]:
+def stream_entries(client: redis.Redis, keys: KeySchema, partitions: int) -> dict[int, list[dict]]:
     return {p: [{k.decode(): v.decode() for k, v in fields.items()}
                 for _, fields in client.xrange(keys.stream(p))]
             for p in range(partitions)}
@@ -47,7 +49,7 @@ def test_partition_is_crc32_of_the_user_and_stable_across_processes():
 
 def test_publish_routes_users_to_their_partition_in_order(redis_url, key_prefix):
     client = redis.Redis.from_url(redis_url)
-    keys = StreamKeys(key_prefix)
+    keys = KeySchema(key_prefix)
     events = [{"user_id": f"u{i % 5}", "item_id": f"i{i}", "timestamp": 1000.0 + i}
               for i in range(40)]
     events[3]["event_id"] = "given-id"
@@ -74,7 +76,8 @@ def test_publish_routes_users_to_their_partition_in_order(redis_url, key_prefix)
 @pytest.mark.parametrize("bad, field", [
     ({"item_id": "i1"}, "user_id"),
     ({"user_id": "", "item_id": "i1"}, "user_id"),
-    ({"user_id": "u", "item_id": 7}, "item_id"),
+    ({"user_id": "u", "item_id": True}, "item_id"),  # ints are ids (as over HTTP), bools not
+    ({"user_id": " ", "item_id": "i1"}, "user_id"),  # blank: refused, as over HTTP
     ({"user_id": "u", "item_id": "i" * 300}, "item_id"),
     ({"user_id": "u", "item_id": "i1", "timestamp": "yesterday"}, "timestamp"),
     ({"user_id": "u", "item_id": "i1", "timestamp": float("nan")}, "timestamp"),
@@ -83,11 +86,11 @@ def test_publish_rejects_a_malformed_event_and_publishes_nothing(redis_url, key_
                                                                  field):
     client = redis.Redis.from_url(redis_url)
     try:
-        with pytest.raises(MalformedEvent) as error:
+        with pytest.raises(InvalidEvent) as error:
             publish_events(client, [{"user_id": "ok", "item_id": "i1"}, bad], partitions=2,
                            prefix=key_prefix)
         assert error.value.field == f"events[1].{field}"
-        assert all(client.xlen(StreamKeys(key_prefix).stream(p)) == 0 for p in range(2))
+        assert all(client.xlen(KeySchema(key_prefix).stream(p)) == 0 for p in range(2))
     finally:
         client.close()
 
@@ -95,7 +98,7 @@ def test_publish_rejects_a_malformed_event_and_publishes_nothing(redis_url, key_
 @pytest.mark.anyio
 async def test_async_producer_and_group_setup(redis_url, key_prefix):
     client = aioredis.Redis.from_url(redis_url)
-    keys = StreamKeys(key_prefix)
+    keys = KeySchema(key_prefix)
     try:
         await ensure_groups(client, keys, range(2), "g")
         await ensure_groups(client, keys, range(2), "g")  # idempotent
@@ -112,7 +115,7 @@ async def test_async_producer_and_group_setup(redis_url, key_prefix):
 @pytest.mark.anyio
 async def test_leases_balance_over_live_workers_and_expire(redis_url, key_prefix):
     client = aioredis.Redis.from_url(redis_url)
-    keys = StreamKeys(key_prefix)
+    keys = KeySchema(key_prefix)
     a = PartitionLeases(client, keys, "a", partitions=8, ttl_ms=300)
     b = PartitionLeases(client, keys, "b", partitions=8, ttl_ms=300)
     try:
@@ -175,7 +178,7 @@ def test_replay_command_streams_a_ratings_file(redis_url, key_prefix, tmp_path):
     assert json.loads(result.stdout)["events"] == 5
     client = redis.Redis.from_url(redis_url)
     try:
-        entries = stream_entries(client, StreamKeys(key_prefix), 2)
+        entries = stream_entries(client, KeySchema(key_prefix), 2)
     finally:
         client.close()
     flat = [r for rows in entries.values() for r in rows]

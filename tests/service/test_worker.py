@@ -19,9 +19,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from service.state.store import StateStore, open_redis
-from service.streams.publish import StreamKeys, partition_of, publish_events
-from service.streams.worker import StreamWorker, WorkerOptions
+from service.state.connection import open_redis
+from service.state.keys import KeySchema
+from service.state.store import StateStore
+from service.streams.publish import publish_events
+from service.streams.records import partition_of
+from service.streams.worker import StreamWorker
 from tests.conftest import delete_prefix
 from tests.service.helpers import metric, open_store, replay, serving, tiny_vocab
 from tests.service.served import descendants, left_running
@@ -31,7 +34,8 @@ pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
 ITEMS = tiny_vocab().ids[1:]
 PARTITIONS = 4
-FAST = dict(lease_ttl_ms=600, claim_min_idle_ms=300, block_ms=50)  # quick hand-over in tests
+FAST = dict(stream_lease_ttl_ms=600, stream_claim_min_idle_ms=300,
+            stream_block_ms=50)  # quick hand-over in tests
 
 
 def random_events(count: int, users: int, seed: int, prefix: str = "e") -> list[dict]:
@@ -52,11 +56,10 @@ def items_by_user(events: list[dict]) -> dict[str, list[str]]:
 
 def make_worker(client: aioredis.Redis, settings, engine, consumer: str, **options) -> StreamWorker:
     store = StateStore.from_settings(client, engine, settings)
-    return StreamWorker(client, store,
-                        WorkerOptions.from_settings(settings, consumer=consumer, **{**FAST, **options}))
+    return StreamWorker(client, store, settings.model_copy(update={**FAST, **options}), consumer)
 
 
-async def backlog(client: aioredis.Redis, keys: StreamKeys, group: str) -> int:
+async def backlog(client: aioredis.Redis, keys: KeySchema, group: str) -> int:
     """Entries not yet delivered plus entries delivered but not acknowledged, over all partitions."""
     total = 0
     for p in range(PARTITIONS):
@@ -114,10 +117,10 @@ async def test_worker_states_equal_the_http_path(make_settings, engine, redis_ur
     publish_events(redis.Redis.from_url(redis_url), events, partitions=PARTITIONS,
                    prefix=key_prefix)
     client = open_redis(redis_url, settings)
-    keys = StreamKeys(key_prefix)
+    keys = KeySchema(key_prefix)
     applied_before = metric("cmnrec_events_total", outcome="applied")
     try:
-        worker = make_worker(client, settings, engine, "w1", batch_size=64)
+        worker = make_worker(client, settings, engine, "w1", stream_batch_size=64)
         await run_until([worker], lambda: _drained(client, keys, settings))
         assert worker.totals.applied == 300 and worker.totals.duplicates == 20
         assert worker.totals.batches >= 300 // 64
@@ -143,14 +146,14 @@ async def test_worker_states_equal_the_http_path(make_settings, engine, redis_ur
         await client.aclose()
 
 
-async def _drained(client: aioredis.Redis, keys: StreamKeys, settings) -> bool:
+async def _drained(client: aioredis.Redis, keys: KeySchema, settings) -> bool:
     return await backlog(client, keys, settings.stream_group) == 0
 
 
 async def test_poison_entries_are_dead_lettered_with_their_reason_and_acknowledged(
         make_settings, engine, redis_url, key_prefix):
     settings = make_settings(stream_partitions=PARTITIONS)
-    keys = StreamKeys(key_prefix)
+    keys = KeySchema(key_prefix)
     sync = redis.Redis.from_url(redis_url)
     good = random_events(30, users=3, seed=2)
     poison = [  # (fields, reason, field)
@@ -199,13 +202,13 @@ async def test_poison_entries_are_dead_lettered_with_their_reason_and_acknowledg
 async def test_two_workers_share_partitions_and_keep_each_users_order(
         make_settings, engine, redis_url, key_prefix):
     settings = make_settings(stream_partitions=PARTITIONS)
-    keys = StreamKeys(key_prefix)
+    keys = KeySchema(key_prefix)
     sync = redis.Redis.from_url(redis_url)
     events = random_events(600, users=16, seed=3)
     client = open_redis(redis_url, settings)
     try:
-        first = make_worker(client, settings, engine, "w1", batch_size=16)
-        second = make_worker(client, settings, engine, "w2", batch_size=16)
+        first = make_worker(client, settings, engine, "w1", stream_batch_size=16)
+        second = make_worker(client, settings, engine, "w2", stream_batch_size=16)
         published = 0
 
         async def publish_while_running() -> bool:
@@ -232,7 +235,7 @@ async def test_a_failed_batch_stays_pending_and_is_applied_once_later(
         make_settings, engine, redis_url, key_prefix):
     """The store fails (Redis trouble) after committing part of a batch: nothing is acknowledged,
     the worker reclaims its own entries once idle and applies the rest, each event exactly once."""
-    from service.state.store import StateStoreUnavailable
+    from service.state.domain import StateStoreUnavailable
 
     class FlakyStore(StateStore):
         failures = 0
@@ -247,7 +250,7 @@ async def test_a_failed_batch_stays_pending_and_is_applied_once_later(
             return await super().apply_batch(events, **kwargs)
 
     settings = make_settings(stream_partitions=PARTITIONS)
-    keys = StreamKeys(key_prefix)
+    keys = KeySchema(key_prefix)
     events = random_events(200, users=8, seed=8)
     sync = redis.Redis.from_url(redis_url)
     publish_events(sync, events, partitions=PARTITIONS, prefix=key_prefix)
@@ -255,9 +258,9 @@ async def test_a_failed_batch_stays_pending_and_is_applied_once_later(
     client = open_redis(redis_url, settings)
     try:
         store = FlakyStore.from_settings(client, engine, settings)
-        options = WorkerOptions.from_settings(settings, consumer="flaky", batch_size=64,
-                                              retry_backoff_s=0.05, **FAST)
-        worker = StreamWorker(client, store, options)
+        options = settings.model_copy(update=dict(stream_batch_size=64,
+                                                  stream_retry_backoff_seconds=0.05, **FAST))
+        worker = StreamWorker(client, store, options, "flaky")
         await run_until([worker], lambda: _drained(client, keys, settings))
         assert worker.totals.failed_batches == 1
         assert metric("cmnrec_worker_batch_failures_total") - failures_before == 1
@@ -282,11 +285,11 @@ async def test_a_batch_longer_than_the_lease_keeps_its_partitions(
         async def apply_batch(self, events, **kwargs):
             if not SlowStore.slowed:
                 SlowStore.slowed = True
-                await asyncio.sleep(3 * FAST["lease_ttl_ms"] / 1000)
+                await asyncio.sleep(3 * FAST["stream_lease_ttl_ms"] / 1000)
             return await super().apply_batch(events, **kwargs)
 
     settings = make_settings(stream_partitions=PARTITIONS)
-    keys = StreamKeys(key_prefix)
+    keys = KeySchema(key_prefix)
     events = random_events(200, users=8, seed=9)
     sync = redis.Redis.from_url(redis_url)
     publish_events(sync, events, partitions=PARTITIONS, prefix=key_prefix)
@@ -294,7 +297,7 @@ async def test_a_batch_longer_than_the_lease_keeps_its_partitions(
     stop = asyncio.Event()
     try:
         slow = StreamWorker(client, SlowStore.from_settings(client, engine, settings),
-                            WorkerOptions.from_settings(settings, consumer="slow", **FAST))
+                            settings.model_copy(update=FAST), "slow")
         other = make_worker(client, settings, engine, "other")
         tasks = [asyncio.create_task(slow.run(stop))]
         while not SlowStore.slowed:  # the slow worker holds every partition and is in its batch
@@ -339,8 +342,8 @@ def _worker_that_dies_after_commit(redis_url: str, prefix: str, artifact: str, d
                             stream_partitions=PARTITIONS)
         client = open_redis(redis_url, settings)
         store = DyingStore.from_settings(client, StepEngine.load(artifact), settings)
-        options = WorkerOptions.from_settings(settings, consumer=consumer, batch_size=40, **FAST)
-        await StreamWorker(client, store, options).run(asyncio.Event())
+        options = settings.model_copy(update=dict(stream_batch_size=40, **FAST))
+        await StreamWorker(client, store, options, consumer).run(asyncio.Event())
 
     asyncio.run(main())
 
@@ -348,7 +351,7 @@ def _worker_that_dies_after_commit(redis_url: str, prefix: str, artifact: str, d
 async def test_worker_killed_after_commit_before_ack_applies_nothing_twice(
         make_settings, engine, artifacts, redis_url, key_prefix):
     settings = make_settings(stream_partitions=PARTITIONS)
-    keys = StreamKeys(key_prefix)
+    keys = KeySchema(key_prefix)
     events = random_events(400, users=10, seed=4)
     sync = redis.Redis.from_url(redis_url)
     publish_events(sync, events, partitions=PARTITIONS, prefix=key_prefix)
@@ -384,20 +387,21 @@ def worker_command(artifact: Path, consumer: str, metrics_port: int = 0,
                    batch_size: int = 32) -> list[str]:
     return [str(Path(sys.executable).parent / "cmnrec"), "worker", "--artifact", str(artifact),
             "--partitions", str(PARTITIONS), "--consumer", consumer, "--batch-size", str(batch_size),
-            "--metrics-port", str(metrics_port), "--lease-ttl-ms", str(FAST["lease_ttl_ms"]),
-            "--claim-min-idle-ms", str(FAST["claim_min_idle_ms"])]
+            "--metrics-port", str(metrics_port),
+            "--lease-ttl-ms", str(FAST["stream_lease_ttl_ms"]),
+            "--claim-min-idle-ms", str(FAST["stream_claim_min_idle_ms"])]
 
 
 def worker_env(redis_url: str, prefix: str) -> dict[str, str]:
     return {**os.environ, "REDIS_URL": redis_url, "CMNREC_KEY_PREFIX": prefix,
-            "CMNREC_STREAM_BLOCK_MS": str(FAST["block_ms"])}
+            "CMNREC_STREAM_BLOCK_MS": str(FAST["stream_block_ms"])}
 
 
 def committed_events(sync: redis.Redis, prefix: str, users: list[str]) -> int:
     return sum(int(sync.get(f"{prefix}:{{{u}}}:pos") or 0) for u in users)
 
 
-def pending_by_consumer(sync: redis.Redis, keys: StreamKeys, group: str) -> dict[str, int]:
+def pending_by_consumer(sync: redis.Redis, keys: KeySchema, group: str) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
     for p in range(PARTITIONS):
         for consumer in sync.xinfo_consumers(keys.stream(p), group):
@@ -432,7 +436,7 @@ def kill_mid_batch(artifact: Path, redis_url: str, prefix: str, consumer: str,
 async def test_cmnrec_worker_sigkilled_mid_batch_loses_nothing(
         make_settings, engine, artifacts, redis_url, key_prefix):
     settings = make_settings(stream_partitions=PARTITIONS)
-    keys = StreamKeys(key_prefix)
+    keys = KeySchema(key_prefix)
     events = random_events(4000, users=40, seed=5)
     expected = items_by_user(events)
     sync = redis.Redis.from_url(redis_url)
@@ -464,7 +468,7 @@ def test_cmnrec_worker_stops_gracefully_on_sigterm_and_serves_metrics(
         artifacts, redis_url, key_prefix):
     from service.ops.redis_server import free_port
 
-    keys = StreamKeys(key_prefix)
+    keys = KeySchema(key_prefix)
     sync = redis.Redis.from_url(redis_url)
     events = random_events(200, users=5, seed=6)
     port = free_port()

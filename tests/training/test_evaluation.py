@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from data.split import evaluation_users, training_item_counts, training_sequences
 from model.config import ModelConfig
 from model.network import SequentialRecommender, build_model
 from model.state import PopState
 from tests.training.toy_data import counting_dataset, cyclic_dataset
 from training.evaluation import evaluate_model, leave_one_out_ranks, target_ranks
-from data.split import evaluation_users, training_item_counts, training_sequences
 
 
 class NextPositionOracle(SequentialRecommender):

@@ -6,7 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from training.metrics import hit_matrix, hit_ratio, metric_keys, mrr, ndcg, ranking_metrics
+from training.metrics import (
+    hit_matrix,
+    hit_ratio,
+    metric_keys,
+    mrr,
+    ndcg,
+    ranking_metrics,
+)
 
 
 def test_hit_matrix_marks_the_rank_column() -> None:

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from data.split import training_item_counts, training_sequences
+from data.synthetic import synthetic_dataset
 from model.config import ModelConfig
 from model.network import build_model
 from tests.training.toy_data import cyclic_dataset
 from training.batching import length_sorted_batches
-from data.split import training_item_counts, training_sequences
-from data.synthetic import synthetic_dataset
 from training.settings import TrainSettings
 from training.trainer import count_parameters, train_epoch, train_model
 

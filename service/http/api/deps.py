@@ -8,14 +8,16 @@ in a thread pool, and those thread hand-offs cost more CPU than the whole model 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 
+from model.engine import Engine
 from service.http.coalescer import EventCoalescer
 from service.http.errors import ApiError
 from service.ops.labels import ErrorCode
 from service.ops.settings import Settings
+from service.state.domain import InvalidEvent, validate_id
 from service.state.store import StateStore
 
 
@@ -35,13 +37,13 @@ async def get_coalescer(request: Request) -> EventCoalescer | None:
     return getattr(request.app.state, "coalescer", None)
 
 
-async def get_engine(request: Request) -> Any:
+async def get_engine(request: Request) -> Engine:
     return (await get_store(request)).engine
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[StateStore, Depends(get_store)]
-EngineDep = Annotated[Any, Depends(get_engine)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
 CoalescerDep = Annotated[EventCoalescer | None, Depends(get_coalescer)]
 
 
@@ -66,19 +68,21 @@ RecommendationParamsDep = Annotated[RecommendationParams, Depends(recommendation
 
 
 def check_id(value: str | None, field: str, settings: Settings) -> None:
-    """Ids longer than settings.max_id_length are refused (blank ones are refused by the schemas)."""
-    if value is not None and len(value) > settings.max_id_length:
-        raise ApiError(ErrorCode.ID_TOO_LONG,
-                       f"{field}: {len(value)} characters, at most {settings.max_id_length} allowed",
-                       field)
+    """The service's one id rule (validate_id) with the configured length limit, as an ApiError."""
+    if value is None:
+        return
+    try:
+        validate_id(value, field, settings.max_id_length)
+    except InvalidEvent as error:
+        code = {"empty_id": ErrorCode.EMPTY_ID, "id_too_long": ErrorCode.ID_TOO_LONG}.get(
+            error.code, ErrorCode.VALIDATION_ERROR)
+        raise ApiError(code, str(error), field) from None
 
 
 async def user_id_path(
     settings: SettingsDep,
     user_id: Annotated[str, Path(description="the user's external id")],
 ) -> str:
-    if not user_id.strip():
-        raise ApiError(ErrorCode.EMPTY_ID, "user_id: must be a non-empty string", "user_id")
     check_id(user_id, "user_id", settings)
     return user_id
 

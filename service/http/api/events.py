@@ -5,14 +5,19 @@ import time
 
 from fastapi import APIRouter
 
-from service.http.api.deps import (CoalescerDep, RecommendationParamsDep, SettingsDep, StoreDep,
-                              check_id)
+from service.http.api.deps import (
+    CoalescerDep,
+    RecommendationParamsDep,
+    SettingsDep,
+    StoreDep,
+    check_id,
+)
 from service.http.coalescer import CoalescerClosed
 from service.http.errors import ERROR_RESPONSES, ApiError
-from service.ops.labels import ErrorCode, Route
 from service.http.schemas import BatchIn, BatchOut, EventIn, EventOut, RecommendationOut
+from service.ops.labels import ErrorCode, Route
 from service.ops.settings import Settings
-from service.state.store import ApplyResult, Event, UnknownItemError
+from service.state.domain import ApplyResult, Event, UnknownItemError
 
 router = APIRouter(tags=["events"])
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.http.api.deps import EngineDep
-from service.ops.labels import Route
 from service.http.schemas import ModelOut
+from service.ops.labels import Route
 
 router = APIRouter(tags=["model"])
 

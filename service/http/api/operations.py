@@ -4,10 +4,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.ops import metrics
 from service.http.errors import error_response
-from service.ops.labels import ErrorCode, Route
 from service.http.schemas import StatusOut
+from service.ops import metrics
+from service.ops.labels import ErrorCode, Route
 
 router = APIRouter(tags=["operations"])
 

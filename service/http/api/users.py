@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from service.http.api.deps import RecommendationParamsDep, StoreDep, UserIdDep
 from service.http.api.events import latency_ms
 from service.http.errors import ERROR_RESPONSES
-from service.ops.labels import Route
 from service.http.schemas import DeletedOut, RecommendationOut, UserRecommendationsOut
+from service.ops.labels import Route
 
 router = APIRouter(tags=["users"])
 

@@ -1,0 +1,160 @@
+"""Every Lua script of the service, with one header style, and one NOSCRIPT-safe way to run them.
+
+Scripts are sent as EVALSHA of their SHA-1 (computed here, no SCRIPT LOAD round trip at start). A
+Redis that lost its scripts (restart, SCRIPT FLUSH, a failover to a fresh replica) answers NOSCRIPT;
+such a call did nothing, so `run_pipelined` loads the scripts and runs exactly those calls again.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode("utf-8")).hexdigest())
+
+    def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Any] = ()) -> None:
+        """Add one EVALSHA of this script to a pipeline."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+
+CAS = Script("cas", """
+-- cmnrec cas: compare-and-set of one user's state, with the events that produced it.
+-- KEYS[1] state blob   KEYS[2] model version   KEYS[3] pos   KEYS[4] recent items (list)
+-- KEYS[5] recent event ids (list)
+-- ARGV[1] expected pos             ('' = the user has no state)
+-- ARGV[2] expected model version   ('' = none)
+-- ARGV[3] expected sha1 hex of the stored blob ('' = none)
+-- ARGV[4] new state blob   ARGV[5] new model version   ARGV[6] new pos
+-- ARGV[7] ttl seconds (0 = keys do not expire)   ARGV[8] recent-items cap   ARGV[9] event-id window
+-- ARGV[10..] the applied events, oldest first, as pairs: external item id, event id ('' = none)
+-- Returns {1, new pos}: committed. {0, stored pos}: somebody committed since the read, nothing
+-- written. {2, event id}: that event id was committed since the read, nothing written.
+local pos = redis.call('GET', KEYS[3]) or ''
+local version = redis.call('GET', KEYS[2]) or ''
+if pos ~= ARGV[1] or version ~= ARGV[2] then
+  return {0, pos}
+end
+local blob = redis.call('GET', KEYS[1])
+local digest = ''
+if blob then
+  digest = redis.sha1hex(blob)
+end
+if digest ~= ARGV[3] then
+  return {0, pos}
+end
+for i = 11, #ARGV, 2 do
+  if ARGV[i] ~= '' and redis.call('LPOS', KEYS[5], ARGV[i]) then
+    return {2, ARGV[i]}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[2], ARGV[5])
+redis.call('SET', KEYS[3], ARGV[6])
+for i = 10, #ARGV, 2 do
+  redis.call('RPUSH', KEYS[4], ARGV[i])
+  if ARGV[i + 1] ~= '' then
+    redis.call('RPUSH', KEYS[5], ARGV[i + 1])
+  end
+end
+redis.call('LTRIM', KEYS[4], -tonumber(ARGV[8]), -1)
+redis.call('LTRIM', KEYS[5], -tonumber(ARGV[9]), -1)
+local ttl = tonumber(ARGV[7])
+if ttl > 0 then
+  for k = 1, 5 do
+    redis.call('EXPIRE', KEYS[k], ttl)
+  end
+else
+  redis.call('PERSIST', KEYS[4])
+  redis.call('PERSIST', KEYS[5])
+end
+return {1, ARGV[6]}
+""")
+CAS_COMMITTED, CAS_CONFLICT, CAS_DUPLICATE = 1, 0, 2
+CAS_FIXED_ARGS = 9
+
+EVENT_IDS = Script("event_ids", """
+-- cmnrec event_ids: which event ids one user's recent event-id list holds (reads only).
+-- KEYS[1] recent event ids (list)
+-- ARGV[1..] event ids
+-- Returns one integer per ARGV, in order: 1 when the list holds that id, 0 otherwise.
+local found = {}
+for i = 1, #ARGV do
+  if redis.call('LPOS', KEYS[1], ARGV[i]) then
+    found[i] = 1
+  else
+    found[i] = 0
+  end
+end
+return found
+""")
+
+LEASE_RENEW = Script("lease_renew", """
+-- cmnrec lease_renew: extend a partition lease if the caller still owns it.
+-- KEYS[1] lease key
+-- ARGV[1] owner (consumer name)   ARGV[2] TTL in ms
+-- Returns 1 if renewed, 0 if the lease is lost.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+""")
+
+LEASE_RELEASE = Script("lease_release", """
+-- cmnrec lease_release: delete a partition lease if the caller owns it.
+-- KEYS[1] lease key
+-- ARGV[1] owner (consumer name)
+-- Returns 1 if deleted, 0 otherwise.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+""")
+
+SCRIPTS = (CAS, EVENT_IDS, LEASE_RENEW, LEASE_RELEASE)
+
+Command = Callable[[Pipeline], Any]  # adds one command to a pipeline
+
+
+class ScriptsLost(RuntimeError):
+    """Redis answered NOSCRIPT again right after the scripts were loaded."""
+
+
+async def run_pipelined(redis: Any, commands: Sequence[Command],
+                        scripts: Sequence[Script] = SCRIPTS) -> list[Any]:
+    """Run `commands` in one non-transactional pipeline; one reply per command, errors in place.
+
+    Commands that Redis answered NOSCRIPT for are run once more (in one pipeline) after loading
+    `scripts`; the others are not repeated. Raises ScriptsLost if NOSCRIPT comes back again.
+    """
+    replies: list[Any] = [None] * len(commands)
+    todo = list(range(len(commands)))
+    for attempt in range(2):
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in todo:
+                commands[i](pipe)
+            results = await pipe.execute(raise_on_error=False)
+        missing = []
+        for i, result in zip(todo, results):
+            if isinstance(result, NoScriptError):
+                missing.append(i)
+            else:
+                replies[i] = result
+        if not missing:
+            return replies
+        if attempt == 0:
+            for script in scripts:
+                await redis.script_load(script.source)
+        todo = missing
+    raise ScriptsLost("Redis keeps forgetting the service's Lua scripts")

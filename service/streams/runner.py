@@ -1,0 +1,56 @@
+"""One stream-worker process: load the artifact, connect, run a StreamWorker until a signal."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+
+from service.ops.settings import Settings
+from service.state.connection import open_redis
+from service.state.store import StateStore
+from service.streams.worker import StreamWorker, WorkerTotals
+
+log = logging.getLogger(__name__)
+
+
+async def run_worker(settings: Settings, redis_url: str, *, consumer: str | None = None,
+                     metrics_port: int | None = None,
+                     stop: asyncio.Event | None = None) -> WorkerTotals:
+    """Load the artifact, connect, and run one StreamWorker until SIGTERM/SIGINT (or `stop`).
+
+    On a signal the batch in flight is finished and acknowledged, the leases are handed back, and
+    the connections are closed. metrics_port: serve /metrics there (0 or None: do not).
+    """
+    from prometheus_client import start_http_server
+
+    from model.engine import StepEngine
+
+    if settings.stream_block_ms >= settings.redis_timeout_seconds * 1000:
+        raise ValueError(f"stream_block_ms: {settings.stream_block_ms} ms must be shorter than the "
+                         f"Redis socket timeout ({settings.redis_timeout_seconds} s)")
+    engine = StepEngine.load(settings.artifact_dir, threads=settings.engine_threads)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+    metrics_server = None
+    if metrics_port:
+        metrics_server, _thread = start_http_server(metrics_port)
+        log.info("worker metrics on :%d/metrics", metrics_port)
+    client = open_redis(redis_url, settings)
+    try:
+        store = StateStore.from_settings(client, engine, settings)
+        worker = StreamWorker(client, store, settings, consumer)
+        await worker.run(stop)
+        return worker.totals
+    finally:
+        await client.aclose()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+        for signum in installed:
+            loop.remove_signal_handler(signum)
