@@ -5,7 +5,7 @@ One LRU layer keeps a diagonal complex state h [N] per user and updates it with 
     h_t = lambda * h_{t-1} + gamma * (B u_t + b_B)          lambda, gamma: [N], B: [N, k] complex
     y_t = Re(C h_t + c)                                      C: [k, N] complex
     u'_t = LayerNorm(dropout(y_t) + u_t)                     residual, then normalisation
-    x_t = LayerNorm(dropout(W_2 GELU(W_1 u'_t)) + u'_t)      position-wise feed-forward, W_1: [4k, k]
+    x_t = LayerNorm(dropout(W_2 GELU(W_1 u'_t)) + u'_t)      position-wise feed-forward, W_1 [4k, k]
 
 with the stable exponential parameterisation of the eigenvalues (Orvieto et al. 2023):
 lambda = exp(-exp(nu_log) + i exp(theta_log)), so |lambda| = exp(-exp(nu_log)) < 1 for any
@@ -13,8 +13,8 @@ nu_log, and the input normalisation gamma = exp(gamma_log), initialised to sqrt(
 The network is an item embedding followed by LayerNorm, `layers` such blocks, and scores tied to
 the item embeddings: logits = x_t E^T + bias.
 
-Complex numbers are carried as real/imaginary float pairs everywhere (the state, the maths and so the
-ONNX graphs: ONNX has no complex type). Because lambda does not depend on the input, the recurrence
+Complex numbers are carried as real/imaginary float pairs everywhere (the state, the maths and so
+the ONNX graphs: ONNX has no complex type). Because lambda does not depend on the input, the recurrence
 over a run of L events has a parallel form: with b_t = gamma * (B u_t + b_B) and the carried state
 folded into the first term (b_0 += lambda h_{-1}), h_t = sum_{s <= t} lambda^{t-s} b_s, which
 `linear_scan` computes in ceil(log2 L) rounds. Training runs this scan inside each block of T
