@@ -14,11 +14,11 @@ The network is an item embedding followed by LayerNorm, `layers` such blocks, an
 the item embeddings: logits = x_t E^T + bias.
 
 Complex numbers are carried as real/imaginary float pairs everywhere (the state, the maths and so
-the ONNX graphs: ONNX has no complex type). Because lambda does not depend on the input, the recurrence
-over a run of L events has a parallel form: with b_t = gamma * (B u_t + b_B) and the carried state
-folded into the first term (b_0 += lambda h_{-1}), h_t = sum_{s <= t} lambda^{t-s} b_s, which
-`linear_scan` computes in ceil(log2 L) rounds. Training runs this scan inside each block of T
-events, starting from the state the previous block left; serving runs one recurrence step per
+the ONNX graphs: ONNX has no complex type). Because lambda does not depend on the input, the
+recurrence over a run of L events has a parallel form: with b_t = gamma * (B u_t + b_B) and the
+carried state folded into the first term (b_0 += lambda h_{-1}), h_t = sum_{s <= t} lambda^{t-s}
+b_s, which `linear_scan` computes in ceil(log2 L) rounds. Training runs this scan inside each block
+of T events, starting from the state the previous block left; serving runs one recurrence step per
 event. Both give the same state (tests/model/test_lru.py).
 """
 from __future__ import annotations
