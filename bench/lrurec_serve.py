@@ -1,0 +1,140 @@
+"""LRURec beside CmnRec in the serving engine (issue 9): engine cost per event, state bytes per user,
+and the stateless recompute of the paper's window against the incremental update.
+
+Random-weight exports over the MovieLens-100k catalogue (I=1683; the work per event does not depend
+on the weights), one engine thread, one torch thread:
+- CmnRec TSC at the paper's size (k=128, H=256, W=256, b=64, R=1; T=50, M=4), as in
+  bench/serve_core.py;
+- LRURec at its paper's size (k=64, N=2k=128, 2 blocks) and at CmnRec's embedding size
+  (k=128, N=256, 2 blocks).
+1. engine: `StepEngine.apply` for one user (B=1), event after event: wall ms per event and per stage
+   (CmnRec's chunk and non-chunk events apart; LRURec has no chunk events), CPU ms per event;
+2. state bytes: the blob the store keeps per user (codec header + float32 fields);
+3. recompute: per request, the incremental update (one event on the stored state) against
+   rebuilding the state from the last W events on every request, W = 200 (the paper's ML-1M window,
+   which its code recomputes at inference) and 50: the engine event by event, the engine's
+   multi-event call, and PyTorch's full-sequence forward (for LRURec: the parallel scan).
+Writes bench/results/lrurec_serve.json and .md; `bench/report.py` puts the .md in bench/REPORT.md.
+
+    .venv/bin/python bench/lrurec_serve.py [--events 3000] [--repeats 20]
+    .venv/bin/python bench/lrurec_serve.py --quick      # a smoke run of a few seconds
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (RESULTS_DIR, benchmark_dataset, machine_info,  # noqa: E402
+                          markdown_table, now_utc, save_results)
+from bench.serve import recompute_costs  # noqa: E402
+from bench.serve_core import engine_timing  # noqa: E402
+from bench.serving import PAPER_DIMS, export_random  # noqa: E402
+
+# name -> (model, rule, ModelConfig sizes)
+MODELS: dict[str, tuple[str, str, dict[str, int]]] = {
+    "cmnrec": ("cmnrec", "tsc", PAPER_DIMS),
+    "lrurec": ("lrurec", "none", {"embed_dim": 64, "hidden_dim": 128, "layers": 2}),
+    "lrurec-k128": ("lrurec", "none", {"embed_dim": 128, "hidden_dim": 256, "layers": 2}),
+}
+WINDOWS = (50, 200)  # 200: the paper's ML-1M window
+
+
+def measure(events: int, repeats: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    began = time.perf_counter()
+    dataset = benchmark_dataset("ml-100k")
+    payload: dict[str, Any] = {"benchmark": "lrurec_serve", "date": now_utc(),
+                               "machine": machine_info(), "events": events, "repeats": repeats,
+                               "windows": list(WINDOWS), "models": {}}
+    with tempfile.TemporaryDirectory(prefix="lrurec-serve-") as tmp:
+        for name, (model, rule, dims) in MODELS.items():
+            print(f"{name}: export, engine timing, recompute...", flush=True)
+            artifact = export_random(Path(tmp), name, dataset, model=model, rule=rule, dims=dims)
+            engine = engine_timing(artifact, events)
+            recompute = recompute_costs(artifact, Path(tmp) / "runs" / name, list(WINDOWS),
+                                        repeats)
+            payload["models"][name] = {"engine": engine, "recompute": recompute}
+    payload["seconds"] = round(time.perf_counter() - began, 1)
+    payload["load_average_at_end"] = machine_info()["load_average_1_5_15"]
+    return payload
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    machine = payload["machine"]
+    engine_rows, recompute_rows = [], []
+    for name, data in payload["models"].items():
+        engine, config = data["engine"], data["engine"]["config"]
+        size = (f"k={config['embed_dim']}, N={config['hidden_dim']}, {config['layers']} blocks"
+                if config["model"] == "lrurec" else
+                f"k={config['embed_dim']}, H={config['hidden_dim']}, W={config['mem_width']}, "
+                f"T={config['block_len']}, M={config['slots']}")
+        for label in ("non_chunk", "chunk"):
+            part = engine[label]
+            if not part["events"]:
+                continue
+            stages = part["stages_ms_p50"]
+            engine_rows.append([name, size, label.replace("_", "-"), part["events"],
+                                _f(part["total_ms"]["p50"]), _f(part["total_ms"]["p99"]),
+                                _f(stages["controller"]), _f(stages["memory"]),
+                                _f(stages["output"]),
+                                _f(stages["decode"] + stages["encode"]),
+                                _f(engine["cpu_ms_per_event"]), f"{engine['state_bytes']:,}"])
+        for window, row in data["recompute"].items():
+            recompute_rows.append([name, window, _f(row["incremental"]["p50"]),
+                                   _f(row["stateless_engine_loop"]["p50"], 2),
+                                   _f(row["stateless_engine_sequences"]["p50"], 2),
+                                   _f(row["stateless_torch_forward"]["p50"], 2),
+                                   " / ".join(f"{v:g}x" for v in row["ratio_p50"].values())])
+    lines = [
+        "# LRURec beside CmnRec in the serving engine", "",
+        f"`bench/lrurec_serve.py`, {payload['date']}, git {machine['git']}, "
+        f"{machine['cpu_count']} shared cores (load average {machine['load_average_1_5_15'][0]:.2f}"
+        f" at start, {payload['load_average_at_end'][0]:.2f} at end), one onnxruntime thread, "
+        f"one torch thread; random weights over the MovieLens-100k catalogue (I=1683).", "",
+        f"Engine, one user (B=1), {payload['events']:,} events after 100 warm-up events, ms per "
+        "event (stages: p50; decode+encode is the state blob handling). State bytes: the blob "
+        "stored per user.", "",
+        markdown_table(["model", "size", "events", "count", "p50", "p99", "controller",
+                        "memory", "output", "decode+encode", "CPU ms/event", "state bytes"],
+                       engine_rows), "",
+        f"Stateless recompute of the last W events per request against the incremental update "
+        f"(p50 ms over {payload['repeats']} requests; W=200 is the paper's ML-1M window, which "
+        "the paper's code recomputes at inference): engine event by event, engine "
+        "`apply_sequences` (one decode/encode, output once), PyTorch full-sequence forward "
+        "(LRURec: the parallel scan).", "",
+        markdown_table(["model", "W", "incremental", "stateless: engine loop",
+                        "stateless: apply_sequences", "stateless: torch forward",
+                        "ratios to incremental (loop / sequences / torch)"], recompute_rows), "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="200 events, 3 repeats")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "lrurec_serve.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.repeats = 200, 3
+    payload = measure(args.events, args.repeats)
+    json_path, md_path = save_results(args.out, payload, markdown(payload))
+    print(f"wrote {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()
