@@ -2,8 +2,8 @@
 
 Gathers serve.json (bench/serve.py), serve_core.json (bench/serve_core.py), stream_worker.json,
 accuracy.json/.md (bench/accuracy.py), train_speed.json/.md (bench/train_speed.py) and
-lrurec_serve.md (bench/lrurec_serve.py). Missing files
-are named in the report, not fatal: re-run this script once they exist.
+lrurec_serve.md (bench/lrurec_serve.py). Missing files are named in the report, not fatal: re-run
+this script once they exist.
 
     .venv/bin/python bench/report.py [--results bench/results] [--out bench/REPORT.md]
 """
