@@ -15,13 +15,17 @@ on the weights), one engine thread, one torch thread:
    which its code recomputes at inference) and 50: the engine event by event, the engine's
    multi-event call, and PyTorch's full-sequence forward (for LRURec: the parallel scan).
 Writes bench/results/lrurec_serve.json and .md; `bench/report.py` puts the .md in bench/REPORT.md.
+The .md also shows the learning check of bench/results/lrurec_ml100k_metrics.json when it exists
+(the metrics.json of the `cmnrec train --model lrurec` run on ml-100k named in TRAIN_COMMAND).
 
     .venv/bin/python bench/lrurec_serve.py [--events 3000] [--repeats 20]
     .venv/bin/python bench/lrurec_serve.py --quick      # a smoke run of a few seconds
+    .venv/bin/python bench/lrurec_serve.py --markdown-only  # re-render the .md from the .json
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -44,6 +48,10 @@ MODELS: dict[str, tuple[str, str, dict[str, int]]] = {
     "lrurec-k128": ("lrurec", "none", {"embed_dim": 128, "hidden_dim": 256, "layers": 2}),
 }
 WINDOWS = (50, 200)  # 200: the paper's ML-1M window
+TRAIN_METRICS = RESULTS_DIR / "lrurec_ml100k_metrics.json"
+TRAIN_COMMAND = ("cmnrec train --dataset ml-100k --model lrurec --embed-dim 64 --hidden-dim 128 "
+                 "--layers 2 --dropout 0.2 --block-len 50 --batch-size 32 --lr 1e-3 --epochs 40 "
+                 "--patience 5 --threads 1 --max-seconds 2700 --seed 0")
 
 
 def measure(events: int, repeats: int) -> dict[str, Any]:
@@ -119,7 +127,28 @@ def markdown(payload: dict[str, Any]) -> str:
                         "stateless: apply_sequences", "stateless: torch forward",
                         "ratios to incremental (loop / sequences / torch)"], recompute_rows), "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _learning_check())
+
+
+def _learning_check() -> list[str]:
+    """The ml-100k training run's test figures, if its metrics.json was saved beside ours."""
+    if not TRAIN_METRICS.exists():
+        return []
+    metrics = json.loads(TRAIN_METRICS.read_text())
+    rows = [[protocol, _f(split["test"]["hr@10"], 4), _f(split["test"]["ndcg@10"], 4),
+             _f(split["test"]["mrr@10"], 4), _f(split["valid"]["ndcg@10"], 4)]
+            for protocol, split in (("all items ranked (`test`)", metrics),
+                                    ("seen items excluded (`seen_excluded.test`)",
+                                     metrics["seen_excluded"]))]
+    return [
+        "Learning check, MovieLens-100k, leave-one-out by time, full ranking, one seed: "
+        f"`{TRAIN_COMMAND}` ({metrics['epochs']} epochs, {metrics['stopped']}, best epoch "
+        f"{metrics['best_epoch']}, {metrics['seconds_per_epoch']:.1f} s/epoch on a busy machine, "
+        f"{metrics['parameters']:,} parameters; metrics.json saved as "
+        f"`bench/results/{TRAIN_METRICS.name}`). Not the 3-seed ML-1M/Beauty comparison, which is "
+        "left to the accuracy benchmark of issue 8.", "",
+        markdown_table(["protocol", "test HR@10", "test NDCG@10", "test MRR@10",
+                        "valid NDCG@10"], rows), ""]
 
 
 def main() -> None:
@@ -128,7 +157,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="200 events, 3 repeats")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "lrurec_serve.json")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="re-render the .md from an existing --out JSON, measuring nothing")
     args = parser.parse_args()
+    if args.markdown_only:
+        payload = json.loads(args.out.read_text())
+        print(f"wrote {save_results(args.out, payload, markdown(payload))[1]}")
+        return
     if args.quick:
         args.events, args.repeats = 200, 3
     payload = measure(args.events, args.repeats)
