@@ -96,7 +96,8 @@ def train(
     slots: int = typer.Option(_MODEL["slots"], help="chunks per block M (= memory slots N)"),
     block_len: int = typer.Option(_MODEL["block_len"], help="events per block T (the chunk schedule restarts every T)"),
     embed_dim: int = typer.Option(_MODEL["embed_dim"], help="item embedding size k"),
-    hidden_dim: int = typer.Option(_MODEL["hidden_dim"], help="controller (LSTM/GRU) size H"),
+    hidden_dim: int = typer.Option(_MODEL["hidden_dim"], help="controller (LSTM/GRU) size H; lrurec: "
+                                   "complex state size N of each layer"),
     mem_width: int = typer.Option(_MODEL["mem_width"], help="memory slot width W"),
     read_heads: int = typer.Option(_MODEL["read_heads"], help="DNC read heads R"),
     attn_dim: int = typer.Option(_MODEL["attn_dim"], help="chunk attention size b"),
