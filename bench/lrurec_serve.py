@@ -13,7 +13,10 @@ on the weights), one engine thread, one torch thread:
 3. recompute: per request, the incremental update (one event on the stored state) against
    rebuilding the state from the last W events on every request, W = 200 (the paper's ML-1M window,
    which its code recomputes at inference) and 50: the engine event by event, the engine's
-   multi-event call, and PyTorch's full-sequence forward (for LRURec: the parallel scan).
+   multi-event call, and PyTorch's full-sequence forward (for LRURec: the parallel scan);
+4. training form: one training step's forward + backward over a batch of 32 users x T events
+   (T = 50, 200), LRURec's parallel scan (`LRURec.forward`) against the same network stepped
+   event by event (`SequentialRecommender.forward`, the loop the RNNs use), same loss.
 Writes bench/results/lrurec_serve.json and .md; `bench/report.py` puts the .md in bench/REPORT.md.
 The .md also shows the learning check of bench/results/lrurec_ml100k_metrics.json when it exists
 (the metrics.json of the `cmnrec train --model lrurec` run on ml-100k named in TRAIN_COMMAND).
@@ -71,9 +74,48 @@ def measure(events: int, repeats: int) -> dict[str, Any]:
             recompute = recompute_costs(artifact, Path(tmp) / "runs" / name, list(WINDOWS),
                                         repeats)
             payload["models"][name] = {"engine": engine, "recompute": recompute}
+        print("lrurec: training step, parallel scan vs event by event...", flush=True)
+        payload["training_step"] = training_step_costs(dataset.num_items, repeats)
     payload["seconds"] = round(time.perf_counter() - began, 1)
     payload["load_average_at_end"] = machine_info()["load_average_1_5_15"]
     return payload
+
+
+def training_step_costs(num_items: int, repeats: int, batch: int = 32) -> dict[str, Any]:
+    """ms per forward + backward of a cross-entropy step on [batch, T] events, LRURec (paper size)
+    as a parallel scan and event by event. Both give the same loss (checked here too)."""
+    import torch
+    import torch.nn.functional as F
+
+    from bench.serving import percentiles
+    from model.config import ModelConfig
+    from model.network import SequentialRecommender, build_model
+
+    _, _, dims = MODELS["lrurec"]
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(num_items=num_items, model="lrurec", **dims))
+    out: dict[str, Any] = {"batch": batch, "config": net.config.to_dict()}
+    for length in WINDOWS:
+        items = torch.randint(1, num_items, (batch, length + 1))
+        x, y = items[:, :-1], items[:, 1:]
+        row, losses = {}, {}
+        for name, forward in (("parallel_scan", net.forward),
+                              ("event_by_event",
+                               lambda a, s: SequentialRecommender.forward(net, a, s))):
+            times = []
+            for _ in range(max(repeats // 2, 2) + 1):
+                tic = time.perf_counter()
+                logits, _ = forward(x, net.initial_state(batch))
+                loss = F.cross_entropy(logits.reshape(-1, num_items), y.reshape(-1))
+                net.zero_grad(set_to_none=True)
+                loss.backward()
+                times.append((time.perf_counter() - tic) * 1e3)
+                losses[name] = float(loss.detach())
+            row[name] = percentiles(times[1:])  # the first run warms up
+        row["speedup_p50"] = round(row["event_by_event"]["p50"] / row["parallel_scan"]["p50"], 2)
+        row["loss_difference"] = abs(losses["parallel_scan"] - losses["event_by_event"])
+        out[str(length)] = row
+    return out
 
 
 def _f(value: float | None, digits: int = 3) -> str:
@@ -127,6 +169,16 @@ def markdown(payload: dict[str, Any]) -> str:
                         "stateless: apply_sequences", "stateless: torch forward",
                         "ratios to incremental (loop / sequences / torch)"], recompute_rows), "",
     ]
+    train = payload.get("training_step")
+    if train:
+        rows = [[T, _f(row["parallel_scan"]["p50"], 1), _f(row["event_by_event"]["p50"], 1),
+                 f"{row['speedup_p50']:g}x", f"{row['loss_difference']:.1e}"]
+                for T, row in train.items() if T.isdigit()]
+        lines += [f"Training step, LRURec k=64, N=128, 2 blocks: forward + backward of the "
+                  f"cross-entropy over {train['batch']} users x T events (p50 ms), the parallel "
+                  "scan against the same network stepped event by event.", "",
+                  markdown_table(["T", "parallel scan", "event by event", "speedup",
+                                  "loss difference"], rows), ""]
     return "\n".join(lines + _learning_check())
 
 
