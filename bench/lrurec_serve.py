@@ -98,20 +98,22 @@ def training_step_costs(num_items: int, repeats: int, batch: int = 32) -> dict[s
     for length in WINDOWS:
         items = torch.randint(1, num_items, (batch, length + 1))
         x, y = items[:, :-1], items[:, 1:]
-        row, losses = {}, {}
-        for name, forward in (("parallel_scan", net.forward),
-                              ("event_by_event",
-                               lambda a, s: SequentialRecommender.forward(net, a, s))):
-            times = []
-            for _ in range(max(repeats // 2, 2) + 1):
+        forwards = {"parallel_scan": net.forward,
+                    "event_by_event": lambda a, s: SequentialRecommender.forward(net, a, s)}
+        times: dict[str, list[float]] = {name: [] for name in forwards}
+        losses: dict[str, float] = {}
+        # The two forms take turns, so that both see the same load from the machine's other jobs.
+        for turn in range(max(repeats, 2) + 1):
+            for name, forward in forwards.items():
                 tic = time.perf_counter()
                 logits, _ = forward(x, net.initial_state(batch))
                 loss = F.cross_entropy(logits.reshape(-1, num_items), y.reshape(-1))
                 net.zero_grad(set_to_none=True)
                 loss.backward()
-                times.append((time.perf_counter() - tic) * 1e3)
+                if turn:  # the first turn warms up
+                    times[name].append((time.perf_counter() - tic) * 1e3)
                 losses[name] = float(loss.detach())
-            row[name] = percentiles(times[1:])  # the first run warms up
+        row: dict[str, Any] = {name: percentiles(values) for name, values in times.items()}
         row["speedup_p50"] = round(row["event_by_event"]["p50"] / row["parallel_scan"]["p50"], 2)
         row["loss_difference"] = abs(losses["parallel_scan"] - losses["event_by_event"])
         out[str(length)] = row
