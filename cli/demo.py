@@ -71,7 +71,8 @@ def run_demo(options: DemoOptions) -> None:
         with BackgroundServer(settings) as server:
             report = replay_users(server.url, options, histories, console)
             show_report(report, options, histories, data.vocab.titles, console)
-            show_next_steps(server.url, options.users[0], histories[options.users[0]], console)
+            show_next_steps(server.url, options.users[0], histories[options.users[0]], console,
+                            options.artifact)
             if options.keep_serving:
                 console.print(f"\nServing at {server.url} (docs: {server.url}/docs). "
                               "Press Ctrl-C to stop.")
@@ -204,7 +205,8 @@ def show_report(report: ReplayReport, options: DemoOptions, histories: dict[str,
                   f"written and read); the others cost one controller step and the output layer.")
 
 
-def show_next_steps(url: str, user: str, history: list[str], console: Console) -> None:
+def show_next_steps(url: str, user: str, history: list[str], console: Console,
+                    artifact: Path = Path("artifacts/demo")) -> None:
     item = history[-1]
     console.print("\n[bold]Query it further[/] (while it runs):")
     console.print(f"  curl -s -X POST '{url}/v1/events?n=5' -H 'content-type: application/json' "
@@ -217,7 +219,7 @@ def show_next_steps(url: str, user: str, history: list[str], console: Console) -
                   f"\"50\"}}, {{\"user_id\": \"43\", \"item_id\": \"181\"}}]}}'", soft_wrap=True)
     console.print(f"  curl -s {url}/v1/model   |   {url}/docs   |   curl -s {url}/metrics",
                   soft_wrap=True)
-    console.print("  Serve a model yourself: cmnrec serve --artifact artifacts/demo "
+    console.print(f"  Serve a model yourself: cmnrec serve --artifact {artifact} "
                   "[--workers 2]  (REDIS_URL=redis://... to use your Redis)")
 
 
