@@ -1,8 +1,9 @@
 """Write bench/REPORT.md and its PNG plots from whatever result files exist in bench/results/.
 
 Gathers serve.json (bench/serve.py), serve_core.json (bench/serve_core.py), stream_worker.json,
-accuracy.json/.md (bench/accuracy.py) and train_speed.json/.md (bench/train_speed.py). Missing files
-are named in the report, not fatal: re-run this script once they exist.
+accuracy.json/.md (bench/accuracy.py), train_speed.json/.md (bench/train_speed.py) and
+lrurec_serve.md (bench/lrurec_serve.py). Missing files are named in the report, not fatal: re-run
+this script once they exist.
 
     .venv/bin/python bench/report.py [--results bench/results] [--out bench/REPORT.md]
 """
@@ -446,6 +447,8 @@ def build(results: Path, out: Path) -> Path:
     diagnosis = BENCH_DIR / "REPORT_NOTES.md"
     if diagnosis.exists():
         lines += [diagnosis.read_text().strip(), ""]
+    lines += section_markdown("9. LRURec beside CmnRec (issue 9)", results / "lrurec_serve.md",
+                              "bench/lrurec_serve.py")
     out.write_text("\n".join(lines).rstrip() + "\n")
     return out
 

@@ -1,6 +1,7 @@
 """`cmnrec demo`: from nothing to a running recommender in one command.
 
-1. no artifact yet: train a small CmnRec (TSC) on MovieLens-100k and export it;
+1. no artifact yet: train a small CmnRec (TSC) on MovieLens-100k and export it (`--model lrurec`:
+   a small LRURec instead, in artifacts/demo-lrurec);
 2. start the service on an embedded redis-server (or $REDIS_URL);
 3. replay the first events of a few real MovieLens users over HTTP, one POST /v1/events each;
 4. show what each user watched, what the service recommends next (with titles), and the
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,6 +26,7 @@ from rich.table import Table
 from service.ops.settings import Settings
 
 DEMO_KEY_PREFIX = "cmnrec-demo"
+DEMO_MODELS = ("cmnrec", "lrurec")  # what `cmnrec demo --model` can train and serve
 LOOKAHEAD = 20  # a recommendation counts as a hit if the user watches it within this many events
 
 
@@ -40,6 +43,7 @@ class DemoOptions:
     port: int
     keep_serving: bool
     cache_dir: Path | None = None
+    model: str = "cmnrec"  # one of DEMO_MODELS
 
 
 def run_demo(options: DemoOptions) -> None:
@@ -66,7 +70,8 @@ def run_demo(options: DemoOptions) -> None:
         with BackgroundServer(settings) as server:
             report = replay_users(server.url, options, histories, console)
             show_report(report, options, histories, data.vocab.titles, console)
-            show_next_steps(server.url, options.users[0], histories[options.users[0]], console)
+            show_next_steps(server.url, options.users[0], histories[options.users[0]], console,
+                            options.artifact)
             if options.keep_serving:
                 console.print(f"\nServing at {server.url} (docs: {server.url}/docs). "
                               "Press Ctrl-C to stop.")
@@ -77,6 +82,12 @@ def run_demo(options: DemoOptions) -> None:
 def ensure_artifact(options: DemoOptions, console: Console) -> None:
     """Train (if no run yet) and export (if no artifact yet) the demo model."""
     if (options.artifact / "manifest.json").is_file():
+        from model.manifest import Manifest
+
+        found = Manifest.load(options.artifact, verify=False).config.model
+        if found != options.model:
+            raise typer.BadParameter(f"{options.artifact} holds a {found} model, not {options.model}"
+                                     "; pass another --artifact", param_hint="--model")
         console.print(f"Using the exported model in {options.artifact}")
         return
     from training.export_run import export_run
@@ -95,12 +106,18 @@ def train_demo_model(options: DemoOptions, console: Console) -> None:
     from training.settings import TrainSettings
 
     data = load_dataset("ml-100k", cache_dir=options.cache_dir)
-    config = ModelConfig(num_items=data.num_items, model="cmnrec", rule="tsc", embed_dim=64,
-                         hidden_dim=128, mem_width=64, read_heads=1, attn_dim=32, block_len=50,
-                         slots=4)
-    settings = TrainSettings(epochs=options.epochs, batch_size=64, lr=2e-3, seed=0, patience=3,
+    if options.model == "lrurec":  # the paper's sizes (k = 64, N = 2k, two blocks, dropout 0.2)
+        config = ModelConfig(num_items=data.num_items, model="lrurec", embed_dim=64,
+                             hidden_dim=128, layers=2, dropout=0.2, block_len=50)
+        lr, name = 1e-3, "LRURec (2 blocks, k=64, N=128)"
+    else:
+        config = ModelConfig(num_items=data.num_items, model="cmnrec", rule="tsc", embed_dim=64,
+                             hidden_dim=128, mem_width=64, read_heads=1, attn_dim=32,
+                             block_len=50, slots=4)
+        lr, name = 2e-3, "CmnRec (TSC, T=50, M=4)"
+    settings = TrainSettings(epochs=options.epochs, batch_size=64, lr=lr, seed=0, patience=3,
                              threads=options.threads, max_seconds=options.max_seconds)
-    console.print(f"No model yet: training CmnRec (TSC, T=50, M=4) on MovieLens-100k "
+    console.print(f"No model yet: training {name} on MovieLens-100k "
                   f"({len(data.users)} users, {data.num_interactions} ratings) for at most "
                   f"{options.epochs} epochs / {options.max_seconds:.0f} s on {options.threads} "
                   "threads")
@@ -179,11 +196,16 @@ def show_report(report: ReplayReport, options: DemoOptions, histories: dict[str,
         console.print(table)
     console.print(_latency_table(report))
     applied = len(report.client_ms)
+    if options.model == "lrurec":
+        console.print(f"LRURec has no chunk times: each of the {applied} events cost one "
+                      "recurrence step of every LRU layer and the output layer.")
+        return
     console.print(f"{report.chunk_events} of {applied} events fell on a chunk time (memory "
                   f"written and read); the others cost one controller step and the output layer.")
 
 
-def show_next_steps(url: str, user: str, history: list[str], console: Console) -> None:
+def show_next_steps(url: str, user: str, history: list[str], console: Console,
+                    artifact: Path = Path("artifacts/demo")) -> None:
     item = history[-1]
     console.print("\n[bold]Query it further[/] (while it runs):")
     console.print(f"  curl -s -X POST '{url}/v1/events?n=5' -H 'content-type: application/json' "
@@ -196,7 +218,7 @@ def show_next_steps(url: str, user: str, history: list[str], console: Console) -
                   f"\"50\"}}, {{\"user_id\": \"43\", \"item_id\": \"181\"}}]}}'", soft_wrap=True)
     console.print(f"  curl -s {url}/v1/model   |   {url}/docs   |   curl -s {url}/metrics",
                   soft_wrap=True)
-    console.print("  Serve a model yourself: cmnrec serve --artifact artifacts/demo "
+    console.print(f"  Serve a model yourself: cmnrec serve --artifact {artifact} "
                   "[--workers 2]  (REDIS_URL=redis://... to use your Redis)")
 
 
@@ -241,10 +263,16 @@ def _url(settings: Settings) -> str:
     return f"http://{settings.host}:{settings.port}"
 
 
+DemoModel = Enum("DemoModel", {name: name for name in DEMO_MODELS}, type=str)  # type: ignore[misc]
+
+
 def demo(
-    artifact: Path = typer.Option(Path("artifacts/demo"), help="model to serve; trained on "
-                                  "MovieLens-100k and exported here when missing"),
-    run: Path = typer.Option(Path("runs/demo"), help="training run directory for that model"),
+    model: DemoModel = typer.Option(DemoModel.cmnrec, help="model to train and serve"),
+    artifact: Optional[Path] = typer.Option(None, help="model to serve; trained on MovieLens-100k "
+                                            "and exported here when missing (default: "
+                                            "artifacts/demo, artifacts/demo-lrurec for lrurec)"),
+    run: Optional[Path] = typer.Option(None, help="training run directory for that model "
+                                       "(default: runs/demo, runs/demo-lrurec for lrurec)"),
     users: str = typer.Option("1,5,7", help="MovieLens-100k user ids to replay, comma-separated"),
     events: int = typer.Option(60, min=1, help="events replayed per user (their first ones)"),
     n: int = typer.Option(10, min=1, max=100, help="recommendations shown per user"),
@@ -267,8 +295,12 @@ def demo(
         raise typer.BadParameter("give at least one user id", param_hint="--users")
     if keep_serving is None:
         keep_serving = sys.stdin.isatty()
-    options = DemoOptions(artifact=artifact, run=run, users=user_ids, events=events, n=n,
-                          threads=threads, epochs=epochs, max_seconds=max_seconds, port=port,
+    suffix = "" if model.value == "cmnrec" else f"-{model.value}"
+    artifact = artifact or Path(f"artifacts/demo{suffix}")
+    run = run or Path(f"runs/demo{suffix}")
+    options = DemoOptions(artifact=artifact, run=run, model=model.value, users=user_ids,
+                          events=events, n=n, threads=threads, epochs=epochs,
+                          max_seconds=max_seconds, port=port,
                           keep_serving=keep_serving, cache_dir=cache_dir)
     try:
         run_demo(options)

@@ -38,7 +38,7 @@ _OPTION_OF_FIELD = {
     "num_items": "--dataset", "model": "--model", "rule": "--rule", "embed_dim": "--embed-dim",
     "hidden_dim": "--hidden-dim", "mem_width": "--mem-width", "read_heads": "--read-heads",
     "attn_dim": "--attn-dim", "block_len": "--block-len", "slots": "--slots",
-    "out_dim": "--out-dim", "dropout": "--dropout", "epochs": "--epochs",
+    "out_dim": "--out-dim", "dropout": "--dropout", "layers": "--layers", "epochs": "--epochs",
     "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
     "patience": "--patience", "clip_norm": "--clip-norm", "threads": "--threads",
     "max_seconds": "--max-seconds", "eval_batch_size": "--eval-batch-size", "seed": "--seed",
@@ -96,13 +96,16 @@ def train(
     slots: int = typer.Option(_MODEL["slots"], help="chunks per block M (= memory slots N)"),
     block_len: int = typer.Option(_MODEL["block_len"], help="events per block T (the chunk schedule restarts every T)"),
     embed_dim: int = typer.Option(_MODEL["embed_dim"], help="item embedding size k"),
-    hidden_dim: int = typer.Option(_MODEL["hidden_dim"], help="controller (LSTM/GRU) size H"),
+    hidden_dim: int = typer.Option(_MODEL["hidden_dim"], help="controller (LSTM/GRU) size H; lrurec: "
+                                   "complex state size N of each layer"),
     mem_width: int = typer.Option(_MODEL["mem_width"], help="memory slot width W"),
     read_heads: int = typer.Option(_MODEL["read_heads"], help="DNC read heads R"),
     attn_dim: int = typer.Option(_MODEL["attn_dim"], help="chunk attention size b"),
     out_dim: Optional[int] = typer.Option(_MODEL["out_dim"], help="projection size before the item scores "
                                           "(default: embed-dim)"),
     dropout: float = typer.Option(_MODEL["dropout"], help="dropout on the embedding and the output projection"),
+    layers: int = typer.Option(_MODEL["layers"], help="lrurec: stacked LRU blocks (hidden-dim is each "
+                               "layer's complex state size N)"),
     epochs: int = typer.Option(_TRAIN["epochs"], help="maximum number of epochs"),
     batch_size: int = typer.Option(_TRAIN["batch_size"], help="users per batch (one optimizer step per block)"),
     lr: float = typer.Option(_TRAIN["lr"], help="Adam learning rate"),
@@ -136,7 +139,7 @@ def train(
         config = ModelConfig(num_items=data.num_items, model=model.value, rule=rule.value,
                              embed_dim=embed_dim, hidden_dim=hidden_dim, mem_width=mem_width,
                              read_heads=read_heads, attn_dim=attn_dim, block_len=block_len,
-                             slots=slots, out_dim=out_dim, dropout=dropout)
+                             slots=slots, out_dim=out_dim, dropout=dropout, layers=layers)
     except ValueError as error:
         raise _bad_option(error) from error
     if out is None:

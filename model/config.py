@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-MODELS = ("cmnrec", "srmn", "lstm4rec", "gru4rec", "pop")
+MODELS = ("cmnrec", "srmn", "lstm4rec", "gru4rec", "pop", "lrurec")
 MEMORY_MODELS = ("cmnrec", "srmn")
 CHUNK_RULES = ("pec", "tsc", "exc")  # the rules of cmnrec itself
 RULES = (*CHUNK_RULES, "every", "none")
@@ -19,10 +19,10 @@ class ModelConfig:
     """Hyper-parameters of one network (paper symbols in brackets)."""
 
     num_items: int  # [I] catalogue size including the padding id 0
-    model: str = "cmnrec"  # cmnrec | srmn | lstm4rec | gru4rec | pop
+    model: str = "cmnrec"  # cmnrec | srmn | lstm4rec | gru4rec | pop | lrurec
     rule: str = "tsc"  # chunk rule: pec | tsc | exc; "every" for srmn, "none" for plain RNNs
     embed_dim: int = 128  # [k] item embedding size
-    hidden_dim: int = 256  # [H] controller (LSTM/GRU) size
+    hidden_dim: int = 256  # [H] controller (LSTM/GRU) size; lrurec: complex state size N per layer
     mem_width: int = 256  # [W] width of one memory slot
     read_heads: int = 1  # [R] number of DNC read heads
     attn_dim: int = 64  # [b] chunk attention size
@@ -30,6 +30,7 @@ class ModelConfig:
     slots: int = 4  # [M] chunks per block, which is also the number of memory slots N
     out_dim: int | None = None  # size of the projection before the item scores; None means k
     dropout: float = 0.0  # dropout on the embedding and on the output projection (training only)
+    layers: int = 2  # lrurec: stacked LRU blocks (LRU layer + position-wise feed-forward)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -38,12 +39,12 @@ class ModelConfig:
             raise ValueError(f"rule: expected one of {RULES}, got {self.rule!r}")
         if self.model == "srmn" and self.rule != "every":
             object.__setattr__(self, "rule", "every")
-        if self.model in ("lstm4rec", "gru4rec", "pop") and self.rule != "none":
+        if self.model in ("lstm4rec", "gru4rec", "pop", "lrurec") and self.rule != "none":
             object.__setattr__(self, "rule", "none")
         if self.model == "cmnrec" and self.rule in ("every", "none"):
             raise ValueError(f"rule: cmnrec needs pec, tsc or exc, got {self.rule!r}")
         for name in ("num_items", "embed_dim", "hidden_dim", "mem_width", "read_heads",
-                     "attn_dim", "block_len", "slots"):
+                     "attn_dim", "block_len", "slots", "layers"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.num_items < 2:

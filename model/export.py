@@ -13,6 +13,9 @@ stage can be timed on its own (B is a dynamic batch axis in all three):
     output.onnx      out, read -> scores [B, I]       (the output layer, step 5)
 
 LSTM4Rec / GRU4Rec have no memory graph: controller (items, h[, c], pos) and output (h).
+LRURec has none either: controller (items, h_re, h_im, pos -> next_h_re, next_h_im, next_out,
+next_pos: one recurrence step of every layer, complex state as real/imaginary pairs) and output
+(out -> scores, tied to the item embeddings).
 The wrappers below call the model's own methods, so the graphs compute exactly what training does.
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ from torch import Tensor, nn
 from data.dataset import ItemVocab
 from model.codec import CODEC_VERSION, layout_fields
 from model.config import ModelConfig
+from model.lru import LRURec
 from model.manifest import (
     NEXT_PREFIX,
     GraphSpec,
@@ -116,6 +120,13 @@ def step_graphs(model: SequentialRecommender) -> dict[str, StateGraph]:
         return {
             "controller": StateGraph(model, _controller_step, fields, fields, True),
             "output": StateGraph(model, _scores, ["h"], ["scores"], False),
+        }
+    if isinstance(model, LRURec):
+        fields = list(type(model.initial_state(1))._fields)
+        return {
+            "controller": StateGraph(model, _controller_step, [f for f in fields if f != "out"],
+                                     fields, True),
+            "output": StateGraph(model, _scores, ["out"], ["scores"], False),
         }
     raise ValueError(f"export: model {model.config.model!r} has no step graph to export"
                      " (the popularity recommender is served from the manifest's popularity list)")

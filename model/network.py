@@ -229,4 +229,8 @@ def build_model(config: ModelConfig) -> SequentialRecommender:
         return CmnRec(config)
     if config.model == "pop":
         return PopularityRecommender(config)
+    if config.model == "lrurec":
+        from model.lru import LRURec  # model/lru.py builds on this module's base class
+
+        return LRURec(config)
     return RNNRec(config)

@@ -48,6 +48,16 @@ class GRUState(NamedTuple):
     pos: Any  # [B] int64
 
 
+class LRUState(NamedTuple):
+    """State of LRURec: each layer's complex recurrent state h as a real/imaginary float pair
+    (ONNX has no complex type), and the last block output that the scores read."""
+
+    h_re: Any  # [B, layers, N] Re h of every LRU layer
+    h_im: Any  # [B, layers, N] Im h of every LRU layer
+    out: Any  # [B, k] output of the last block at the last event (the scores read it)
+    pos: Any  # [B] int64, events absorbed
+
+
 class PopState(NamedTuple):
     """State of the popularity recommender: nothing but the count of events."""
 
@@ -65,7 +75,8 @@ class FieldSpec(NamedTuple):
 def state_class(config: ModelConfig) -> type:
     if config.has_memory:
         return MemoryRecState
-    return {"lstm4rec": LSTMState, "gru4rec": GRUState, "pop": PopState}[config.model]
+    return {"lstm4rec": LSTMState, "gru4rec": GRUState, "pop": PopState,
+            "lrurec": LRUState}[config.model]
 
 
 def state_fields(config: ModelConfig, float_dtype: str = "float32") -> list[FieldSpec]:
@@ -76,6 +87,8 @@ def state_fields(config: ModelConfig, float_dtype: str = "float32") -> list[Fiel
         "link": (N, N), "precedence": (N,), "write_weights": (N,), "read_weights": (R, N),
         "attn_max": (), "attn_norm": (), "attn_sum": (H,), "pos": (),
     }
+    if config.model == "lrurec":
+        shapes.update(h_re=(config.layers, H), h_im=(config.layers, H), out=(config.embed_dim,))
     return [
         FieldSpec(name, shapes[name], "int64" if name == "pos" else float_dtype)
         for name in state_class(config)._fields

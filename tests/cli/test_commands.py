@@ -152,6 +152,24 @@ def test_synthetic_data_round_trip(tmp_path) -> None:
     assert again["test"] == pytest.approx(metrics["test"], abs=1e-12)
 
 
+def test_lrurec_through_the_cli(trained_run, tmp_path) -> None:
+    _, csv_path = trained_run
+    run = tmp_path / "lru"
+    result = _invoke("train", "--dataset", csv_path, "--model", "lrurec", "--layers", "3",
+                     "--epochs", "1", "--out", run, *TINY)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"]["model"] == "lrurec" and metrics["config"]["layers"] == 3
+    assert metrics["config"]["rule"] == "none"
+    loaded = load_run(run)
+    assert len(loaded.model.blocks) == 3
+    answer = json.loads(_invoke("predict", "--run", run, "--items", "i3,i4,i5", "--n", "4").stdout)
+    assert answer["recommendations"] == recommend(loaded, None, ["i3", "i4", "i5"], n=4)
+    bad = _invoke("train", "--dataset", csv_path, "--model", "lrurec", "--layers", "0",
+                  "--out", tmp_path / "bad", *TINY)
+    assert bad.exit_code == 2 and "--layers" in bad.output
+
+
 def test_the_cli_imports_without_torch() -> None:
     blocker = (
         "import sys, importlib.abc\n"

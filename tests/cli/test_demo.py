@@ -40,3 +40,23 @@ def test_demo_refuses_unknown_users(movielens, tmp_path):
     result = CliRunner().invoke(app, ["demo", "--artifact", str(artifact), "--users", "99999",
                                       "--no-keep-serving", "--port", "0"])
     assert result.exit_code != 0 and "99999" in result.output
+
+
+def test_demo_serves_lrurec_and_refuses_a_model_of_another_kind(movielens, tmp_path, monkeypatch):
+    vocab = ItemVocab(ids=list(movielens.vocab.ids), titles=dict(movielens.vocab.titles))
+    artifact = make_artifact(tmp_path, "demo-lrurec", model="lrurec", vocab=vocab,
+                             counts=movielens.item_counts())
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("CMNREC_REDIS_URL", raising=False)
+    refused = CliRunner().invoke(app, ["demo", "--artifact", str(artifact), "--users", "1",
+                                       "--no-keep-serving", "--port", "0"])  # --model cmnrec
+    assert refused.exit_code != 0 and "--model" in refused.output and "lrurec" in refused.output
+    before = descendants(os.getpid())
+    result = CliRunner().invoke(app, ["demo", "--model", "lrurec", "--artifact", str(artifact),
+                                      "--run", str(tmp_path / "no-run"), "--users", "5",
+                                      "--events", "12", "--port", "0", "--no-keep-serving"])
+    assert result.exit_code == 0, result.output
+    assert "replayed 12 events of user 5: position 12" in result.output
+    assert "LRURec has no chunk times" in result.output
+    assert not (tmp_path / "no-run").exists()
+    assert not left_running(descendants(os.getpid()) - before)

@@ -31,6 +31,7 @@ VARIANTS = {
     "srmn": ("srmn", "every"),
     "lstm4rec": ("lstm4rec", "none"),
     "gru4rec": ("gru4rec", "none"),
+    "lrurec": ("lrurec", "none"),
 }
 MEMORY_VARIANTS = ("cmnrec-pec", "cmnrec-tsc", "cmnrec-exc", "srmn")
 
@@ -100,7 +101,7 @@ def test_engine_matches_torch_step_and_forward(variant: str, exported) -> None:
             np.testing.assert_allclose(engine.scores([blob])[0], result.scores[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["cmnrec-tsc", "srmn", "lstm4rec"])
+@pytest.mark.parametrize("variant", ["cmnrec-tsc", "srmn", "lstm4rec", "lrurec"])
 def test_batch_of_users_equals_one_by_one(variant: str, exported) -> None:
     engine = StepEngine.load(exported[variant][1])
     histories = [events(seed, length) for seed, length in enumerate((0, 1, 3, 4, 6, 9))]
@@ -152,8 +153,8 @@ def test_memory_graph_runs_only_at_chunk_times(variant: str, exported) -> None:
         assert engine.graph_calls()["memory"] - before == int(any(flags))
 
 
-def test_rnn_artifacts_have_no_memory_graph(exported) -> None:
-    for variant in ("lstm4rec", "gru4rec"):
+def test_recurrent_artifacts_have_no_memory_graph(exported) -> None:
+    for variant in ("lstm4rec", "gru4rec", "lrurec"):
         engine = StepEngine.load(exported[variant][1])
         assert "memory" not in engine.graph_calls()
         result = engine.apply([3], [engine.initial_state()])
@@ -181,6 +182,23 @@ def test_manifest_content(exported) -> None:
     assert manifest.graphs["controller"].inputs[0] == "items"
     assert manifest.graphs["output"].outputs == ["scores"]
     assert all(o.startswith("next_") for o in manifest.graphs["memory"].outputs)
+
+
+def test_lrurec_manifest_declares_the_complex_state_as_float_pairs(exported) -> None:
+    manifest = Manifest.load(exported["lrurec"][1])
+    assert set(manifest.graphs) == {"controller", "output"}  # no memory graph
+    assert manifest.graphs["controller"].inputs == ["items", "h_re", "h_im", "pos"]
+    assert manifest.graphs["controller"].outputs == ["next_h_re", "next_h_im", "next_out",
+                                                     "next_pos"]
+    assert manifest.graphs["output"].inputs == ["out"]
+    layers, N, k = manifest.config.layers, manifest.config.hidden_dim, manifest.config.embed_dim
+    fields = {f.name: f for f in manifest.state_fields}
+    assert list(fields) == ["h_re", "h_im", "out", "pos"]
+    assert fields["h_re"].shape == fields["h_im"].shape == (layers, N)
+    assert fields["h_re"].dtype == "float32" and fields["pos"].dtype == "int64"
+    assert all(f.initial == 0.0 for f in fields.values())
+    assert manifest.state_payload_bytes == 2 * layers * N * 4 + k * 4 + 8
+    assert not any(manifest.chunk_mask)
 
 
 def test_reexport_is_atomic_and_reproducible(exported, tmp_path: Path) -> None:

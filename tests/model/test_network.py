@@ -7,7 +7,7 @@ from model.network import build_model
 
 VARIANTS = [
     ("cmnrec", "pec"), ("cmnrec", "tsc"), ("cmnrec", "exc"),
-    ("srmn", "every"), ("lstm4rec", "none"), ("gru4rec", "none"),
+    ("srmn", "every"), ("lstm4rec", "none"), ("gru4rec", "none"), ("lrurec", "none"),
 ]
 
 

@@ -35,6 +35,23 @@ def other_engine(artifacts: dict[str, Path]) -> StepEngine:
     return StepEngine.load(artifacts["other"])
 
 
+@pytest.fixture(scope="session")
+def lrurec_engines(tmp_path_factory: pytest.TempPathFactory) -> tuple[StepEngine, StepEngine]:
+    """Tiny random-weight LRURec exports (issue 9): 'main' and 'other' (another model version)."""
+    root = tmp_path_factory.mktemp("service-lrurec")
+    return (StepEngine.load(make_artifact(root, "main", model="lrurec", seed=0)),
+            StepEngine.load(make_artifact(root, "other", model="lrurec", seed=1)))
+
+
+@pytest.fixture(params=["cmnrec", "lrurec"])
+def engines(request: pytest.FixtureRequest, engine: StepEngine, other_engine: StepEngine,
+            lrurec_engines: tuple[StepEngine, StepEngine]) -> tuple[StepEngine, StepEngine]:
+    """(engine, engine of another model version) of each servable model family."""
+    if request.param == "cmnrec":
+        return engine, other_engine
+    return lrurec_engines
+
+
 @pytest.fixture
 def make_settings(redis_url: str, key_prefix: str, artifacts: dict[str, Path]) -> Any:
     """Settings for this test's Redis prefix; keyword arguments override fields."""

@@ -1,7 +1,8 @@
 """Issue 3 acceptance: the service after a real MovieLens-100k user's events, one POST each, gives
 the same top-10 as `cmnrec predict` on that item sequence (items in the same order, scores within
-1e-4), with and without exclude_seen, for every chunk rule and SRMN, across block boundaries; the
-batch endpoint gives the same states as one-by-one.
+1e-4), with and without exclude_seen, for every chunk rule, SRMN and LRURec (issue 9: the service
+steps the recurrence, predict runs the parallel scan), across block boundaries; the batch endpoint
+gives the same states as one-by-one.
 
 Random-weight models over the real ml-100k vocabulary (no training needed) with a small block
 length T = 8, so the replayed 27 events cross three block boundaries.
@@ -20,7 +21,8 @@ from tests.service.helpers import make_artifact, serving
 pytestmark = pytest.mark.anyio
 
 VARIANTS = {"cmnrec-pec": ("cmnrec", "pec"), "cmnrec-tsc": ("cmnrec", "tsc"),
-            "cmnrec-exc": ("cmnrec", "exc"), "srmn": ("srmn", "every")}
+            "cmnrec-exc": ("cmnrec", "exc"), "srmn": ("srmn", "every"),
+            "lrurec": ("lrurec", "none")}
 BLOCK_LEN, SLOTS, EVENTS = 8, 3, 27
 USER, OTHER_USER = "1", "2"  # real MovieLens-100k users (272 and 62 ratings)
 DIMS = dict(embed_dim=16, hidden_dim=24, mem_width=12, read_heads=2, attn_dim=8)
@@ -87,7 +89,8 @@ async def test_service_top10_equals_predict_across_blocks(variant, exported, his
         assert_same_top10(stored.json()["recommendations"], predict(run_dir, items, True))
     mask = list(engine.manifest.chunk_mask)
     assert chunks == [mask[p % BLOCK_LEN] for p in range(EVENTS)]
-    assert sum(chunks) == (EVENTS if variant == "srmn" else 3 * SLOTS + sum(mask[:EVENTS % 8]))
+    expected = {"srmn": EVENTS, "lrurec": 0}.get(variant, 3 * SLOTS + sum(mask[:EVENTS % 8]))
+    assert sum(chunks) == expected
 
 
 async def test_the_predict_command_gives_the_same_answer(exported, histories, make_settings):
@@ -108,7 +111,7 @@ async def test_the_predict_command_gives_the_same_answer(exported, histories, ma
     assert_same_top10(response.json()["recommendations"], reference)
 
 
-@pytest.mark.parametrize("variant", ["cmnrec-tsc", "srmn"])
+@pytest.mark.parametrize("variant", ["cmnrec-tsc", "srmn", "lrurec"])
 async def test_batch_endpoint_gives_the_states_of_one_by_one(variant, exported, histories,
                                                              make_settings):
     import redis.asyncio as aioredis

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.anyio
 ITEMS = [str(100 + i) for i in (3, 7, 1, 9, 12, 5, 30, 2, 8, 8, 21, 4, 17)]
 
 
-async def test_events_one_by_one_give_the_offline_replay_state(make_settings, engine):
+async def test_events_one_by_one_give_the_offline_replay_state(make_settings, engines):
+    engine = engines[0]
     async with open_store(make_settings(), engine) as store:
         results = [await store.apply(Event("alice", item)) for item in ITEMS]
         snap = await store.snapshot("alice")
@@ -33,7 +34,8 @@ async def test_events_one_by_one_give_the_offline_replay_state(make_settings, en
     assert snap.ttl_seconds == -1  # no TTL configured
 
 
-async def test_repeated_event_id_is_a_no_op(make_settings, engine):
+async def test_repeated_event_id_is_a_no_op(make_settings, engines):
+    engine = engines[0]
     async with open_store(make_settings(), engine) as store:
         first = await store.apply(Event("bob", ITEMS[0], event_id="e-1"))
         before = await store.snapshot("bob")
@@ -71,7 +73,8 @@ async def test_cas_script_refuses_a_known_event_id_even_when_the_state_matches(
     assert state_after == snap.state  # nothing written by any refused call
 
 
-async def test_racing_writers_apply_every_event_exactly_once(make_settings, engine):
+async def test_racing_writers_apply_every_event_exactly_once(make_settings, engines):
+    engine = engines[0]
     """Two stores (as two processes would be: separate local locks) race on one user."""
     settings = make_settings(cas_retry_limit=1000)
     conflicts = metric("cmnrec_cas_conflicts_total")
@@ -104,7 +107,8 @@ async def test_ttl_is_set_on_every_key_and_refreshed(make_settings, engine, redi
     assert all(90 <= ttl <= 100 for ttl in ttls), ttls
 
 
-async def test_state_of_another_model_version_is_rebuilt(make_settings, engine, other_engine):
+async def test_state_of_another_model_version_is_rebuilt(make_settings, engines):
+    engine, other_engine = engines
     settings = make_settings()
     async with open_store(settings, other_engine) as old:
         for item in ITEMS[:7]:
@@ -118,6 +122,23 @@ async def test_state_of_another_model_version_is_rebuilt(make_settings, engine, 
     assert snap.model_version == engine.version
     assert snap.state == replay(engine, ITEMS[:8])
     assert metric("cmnrec_state_rebuilds_total", reason="version_mismatch") == rebuilds + 1
+
+
+async def test_a_switch_from_cmnrec_to_lrurec_rebuilds_the_state_from_the_history(
+        make_settings, engine, lrurec_engines):
+    lrurec = lrurec_engines[0]
+    settings = make_settings()
+    async with open_store(settings, engine) as old:
+        for item in ITEMS[:9]:
+            await old.apply(Event("kim", item, event_id=f"k-{item}"))
+    async with open_store(settings, lrurec) as new:
+        result = await new.apply(Event("kim", ITEMS[9]))
+        repeated = await new.apply(Event("kim", ITEMS[8], event_id=f"k-{ITEMS[8]}"))
+        snap = await new.snapshot("kim")
+    assert not repeated.applied and repeated.position == 10  # event ids survive the switch
+    assert result.rebuilt and result.applied and result.position == 10
+    assert snap.model_version == lrurec.version and lrurec.config.model == "lrurec"
+    assert snap.state == replay(lrurec, ITEMS[:10])
 
 
 async def test_recommendations_of_a_stale_state_come_from_the_rebuilt_state(

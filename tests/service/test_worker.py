@@ -110,7 +110,8 @@ async def check_states(store: StateStore, engine, expected: dict[str, list[str]]
         assert_same_state(engine, snap.state, replay(engine, items), user)
 
 
-async def test_worker_states_equal_the_http_path(make_settings, engine, redis_url, key_prefix):
+async def test_worker_states_equal_the_http_path(make_settings, engines, redis_url, key_prefix):
+    engine = engines[0]
     settings = make_settings(stream_partitions=PARTITIONS)
     events = random_events(300, users=12, seed=1)
     events += events[:20]  # redelivered duplicates: no-ops

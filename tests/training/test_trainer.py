@@ -33,7 +33,8 @@ def _mean_loss_step_by_step(model, sequences) -> float:
     return total / count
 
 
-@pytest.mark.parametrize("model_name,rule", [("cmnrec", "pec"), ("lstm4rec", "none")])
+@pytest.mark.parametrize("model_name,rule", [("cmnrec", "pec"), ("lstm4rec", "none"),
+                                             ("lrurec", "none")])
 def test_blockwise_batched_loss_equals_the_step_by_step_loss(model_name, rule) -> None:
     """Padding, length sorting, dropping finished rows and carrying the state across blocks
     change nothing: with a frozen model the epoch loss is the per-event loss of model.step."""
@@ -70,6 +71,18 @@ def test_a_trained_model_clearly_beats_popularity() -> None:
     assert report.metrics["test"]["hr@10"] > 0.8
     assert report.metrics["test"]["ndcg@10"] > pop.metrics["test"]["ndcg@10"] + 0.5
     assert report.metrics["test"]["mrr@10"] > 3 * pop.metrics["test"]["mrr@10"]
+
+
+def test_lrurec_trained_in_parallel_learns_the_synthetic_successors() -> None:
+    """Issue 9: LRURec trained with the parallel scan per block learns (the same data and bar as
+    the test above)."""
+    data = synthetic_dataset(seed=0)
+    settings = TrainSettings(epochs=4, batch_size=32, lr=5e-3, seed=0, threads=1)
+    config = ModelConfig(num_items=data.num_items, model="lrurec", embed_dim=16, hidden_dim=32,
+                         layers=1, block_len=20)
+    model, report = train_model(data, config, settings, progress=False)
+    assert report.metrics["test"]["hr@10"] > 0.8, report.metrics["test"]
+    assert report.parameters == count_parameters(model) > 0
 
 
 def test_same_seed_same_model_and_metrics() -> None:
