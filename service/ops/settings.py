@@ -43,6 +43,10 @@ class Settings(BaseSettings):
                                  description="recent event ids kept per user for de-duplication")
     cas_retry_limit: int = Field(64, ge=1, le=10_000,
                                  description="compare-and-set attempts before answering 409")
+    state_cache_users: int = Field(
+        4096, ge=0, le=10_000_000,
+        description="users whose last committed state each process keeps, to commit their next "
+                    "event without reading it back (service/state/cache.py); 0 = off")
 
     # HTTP API limits
     max_batch_size: int = Field(1000, ge=1, le=100_000, description="events per batch request")
