@@ -134,7 +134,7 @@ class StateStore:
         return cls(redis, engine, keys=KeySchema(settings.key_prefix),
                    ttl_seconds=settings.state_ttl_seconds, recent_cap=settings.recent_items_cap,
                    event_window=settings.event_id_window, retry_limit=settings.cas_retry_limit,
-                   cache_users=settings.state_cache_users)
+                   cache_users=settings.cache_users)
 
     @property
     def model_version(self) -> str:

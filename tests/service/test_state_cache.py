@@ -176,3 +176,12 @@ async def test_cache_off_reads_every_time(make_settings, engine):
         results = [await store.apply(Event("gus", item)) for item in ITEMS[:3]]
     assert delta(before) == {"hit": 0, "stale": 0, "miss": 0}
     assert all("state_read" in r.timings for r in results)
+
+
+def test_cache_default_depends_on_the_worker_count(redis_url):
+    from service.ops.settings import Settings
+
+    assert Settings(redis_url=redis_url).cache_users == 4096  # one process: on
+    assert Settings(redis_url=redis_url, workers=2).cache_users == 0  # users shared at random
+    assert Settings(redis_url=redis_url, workers=2, state_cache_users=10).cache_users == 10
+    assert Settings(redis_url=redis_url, state_cache_users=0).cache_users == 0
