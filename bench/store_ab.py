@@ -45,7 +45,7 @@ from service.state.repo import CasWrite, StateRepo  # noqa: E402
 VARIANTS = {  # name: (state cache users, CAS blob check)
     "cache+header": (4096, "header"),
     "header": (0, "header"),
-    "sha1 (before)": (0, "sha1"),
+    "sha1": (0, "sha1"),
 }
 
 

@@ -17,6 +17,9 @@ Applying events (`StateStore.apply_batch`, the one code path of the HTTP API and
    commit it refuses for a stored id is read again with the lookup, which costs no attempt;
 2. a blob of another model version (or a corrupt one) is never fed to the model: the user's state
    is rebuilt by replaying the stored recent items from the initial state (cmnrec_state_rebuilds_total);
+   Every blob the engine steps has thus been checked (codec.check, in _stale_reason) or made by
+   this process (the initial state, a rebuild, the state cache), so the engine does not compute
+   its crc32 again (`verified=True`);
 3. events whose id is already stored, or repeated inside the batch, are no-ops (applied=false);
 4. the rest is stepped in waves: the k-th new event of every user goes into wave k, so one user's
    events keep their order and different users share each graph run. Without recommendations
@@ -401,7 +404,7 @@ class StateStore:
             indices = [w.to_apply[k] for w in rows]
             states = [w.states_after[-1] if w.states_after else w.start_state for w in rows]
             with timer.stage(Stage.MODEL):
-                result = self.engine.apply([items[i] for i in indices], states)
+                result = self.engine.apply([items[i] for i in indices], states, verified=True)
             self._add_engine_timings(timer, result.timings, len(rows))
             for j, (w, index) in enumerate(zip(rows, indices)):
                 w.states_after.append(result.states[j])
@@ -426,7 +429,7 @@ class StateStore:
             return
         with timer.stage(Stage.MODEL):
             result = self.engine.apply_sequences([[items[i] for i in w.to_apply] for w in rows],
-                                                 [w.start_state for w in rows])
+                                                 [w.start_state for w in rows], verified=True)
         self._add_engine_timings(timer, result.timings, len(rows))
         for w, state, end, flags in zip(rows, result.states, result.positions.tolist(),
                                         result.chunk):
