@@ -185,3 +185,49 @@ def test_cache_default_depends_on_the_worker_count(redis_url):
     assert Settings(redis_url=redis_url, workers=2).cache_users == 0  # users shared at random
     assert Settings(redis_url=redis_url, workers=2, state_cache_users=10).cache_users == 10
     assert Settings(redis_url=redis_url, state_cache_users=0).cache_users == 0
+
+
+async def test_a_stale_cache_never_commits_across_real_processes(make_settings, engine, artifacts,
+                                                                 redis_url):
+    """The same story as above with a second OS process: it caches the user, this process commits
+    behind its back, and its next commit is refused by Redis, re-read and applied on top."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    settings = make_settings()
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.service.cache_process", str(artifacts["main"]), redis_url,
+         settings.key_prefix], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(line: str) -> dict:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write(line + "\n")
+        child.stdin.flush()
+        return json.loads(child.stdout.readline())
+
+    try:
+        assert json.loads(child.stdout.readline()) == {"ready": True}  # type: ignore[union-attr]
+        first = ask(f"hal {ITEMS[0]} h-0")
+        second = ask(f"hal {ITEMS[1]} h-1")  # a hit: straight to the compare-and-set
+        async with open_store(settings, engine) as here:
+            mine = await here.apply(Event("hal", ITEMS[2], "h-2"))  # behind the child's back
+        third = ask(f"hal {ITEMS[3]} h-3")  # the child's entry is stale: refused, read, applied
+        again = ask(f"hal {ITEMS[3]} h-2")  # an id this process committed: a no-op
+        child.stdin.close()  # type: ignore[union-attr]
+        assert child.wait(timeout=60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+    async with open_store(settings, engine) as here:
+        snap = await here.snapshot("hal")
+    assert [first["position"], second["position"], mine.position, third["position"]] == [1, 2, 3, 4]
+    assert (second["hit"], second["stale"]) == (1, 0)
+    assert (third["hit"], third["stale"]) == (1, 1)
+    assert not again["applied"] and again["position"] == 4
+    assert snap.recent_items == ITEMS[:4] and snap.event_ids == ["h-0", "h-1", "h-2", "h-3"]
+    assert snap.state == replay(engine, ITEMS[:4])
