@@ -211,6 +211,7 @@ def http_rates(artifact: Path, dataset: Any, *, rates: list[int], duration: floa
                     (cpu_seconds(redis_pids) - redis0) * 1e3 / sent, 3)
                 summary["server_cpu_ms_per_request"] = round(
                     summary["service_cpu_ms_per_request"] + summary["redis_cpu_ms_per_request"], 3)
+                summary.pop("cdf", None)  # 18 runs of CDF points would bloat the file
                 summary["load_average_start"] = load_start
                 summary["load_average_end"] = load_average()
                 print(f"  {label} {name} workers={workers} {rate}/s: " + brief(summary),
