@@ -251,7 +251,10 @@ def section_core(core: dict[str, Any]) -> list[str]:
               "HTTP, CmnRec TSC, client side:", "",
               _table(HTTP_HEADERS, _http_rows([core["http"]])), ""]
     d = core.get("diagnosis", {})
-    if d:
+    table = BENCH_DIR / "results" / "serve_core.md"  # written with serve_core.json
+    if "matrix" in core and table.exists():  # serve_core.py since issue 13: rates x workers x variants
+        lines += table.read_text().split("\n", 2)[2].strip().splitlines() + [""]
+    elif d:
         stages = d.get("server_stage_p50_ms_at_lowest_rate", {})
         lines += [f"Server-side stage p50 at the lowest rate (from the responses' latency_ms, ms): "
                   + ", ".join(f"{k} {v}" for k, v in stages.items() if v is not None) + ".", "",
@@ -447,7 +450,7 @@ def build(results: Path, out: Path) -> Path:
     diagnosis = BENCH_DIR / "REPORT_NOTES.md"
     if diagnosis.exists():
         lines += [diagnosis.read_text().strip(), ""]
-    lines += section_markdown("9. LRURec beside CmnRec (issue 9)", results / "lrurec_serve.md",
+    lines += section_markdown("10. LRURec beside CmnRec (issue 9)", results / "lrurec_serve.md",
                               "bench/lrurec_serve.py")
     out.write_text("\n".join(lines).rstrip() + "\n")
     return out

@@ -72,10 +72,11 @@ class Engine(Protocol):
 
     def state_pos(self, blob: bytes) -> int: ...
 
-    def apply(self, items: Sequence[int], states: Sequence[bytes]) -> StepResult: ...
+    def apply(self, items: Sequence[int], states: Sequence[bytes], *,
+              verified: bool = False) -> StepResult: ...
 
     def apply_sequences(self, items: Sequence[Sequence[int]], states: Sequence[bytes], *,
-                        scores: bool = False) -> SequenceResult: ...
+                        scores: bool = False, verified: bool = False) -> SequenceResult: ...
 
     def scores(self, states: Sequence[bytes]) -> np.ndarray: ...
 
@@ -180,16 +181,18 @@ class StepEngine:
         return self._mask[np.asarray(positions) % len(self._mask)]
 
     # -- the step --------------------------------------------------------------------------------
-    def apply(self, items: Sequence[int], states: Sequence[bytes]) -> StepResult:
+    def apply(self, items: Sequence[int], states: Sequence[bytes], *,
+              verified: bool = False) -> StepResult:
         """One event per row (rows are different users). items: [B] internal ids in 1..I-1.
 
         Raises StateVersionError for a blob of another model version, StateFormatError for a
-        corrupt one, ValueError for a bad item id or mismatched lengths.
+        corrupt one, ValueError for a bad item id or mismatched lengths. verified: the caller has
+        checked the blobs (codec.check) or made them here: their crc32 is not computed again.
         """
         timings = dict.fromkeys(STAGES, 0.0)  # a stage that does not run takes exactly 0.0 s
         tic = time.perf_counter()
         items = self._check_items(items, len(states))
-        arrays = self.codec.decode_batch(states)
+        arrays = self.codec.decode_batch(states, verified=verified)
         timings["decode"] += time.perf_counter() - tic
         chunk = self._step(arrays, items, timings)
         scores = self._timed_output(arrays, timings)
@@ -197,14 +200,14 @@ class StepEngine:
         return StepResult(blobs, scores, chunk, arrays["pos"].copy(), timings)
 
     def apply_sequences(self, items: Sequence[Sequence[int]], states: Sequence[bytes], *,
-                        scores: bool = False) -> SequenceResult:
+                        scores: bool = False, verified: bool = False) -> SequenceResult:
         """Several events per row (rows are different users), in order. items: [B] lists of
         internal ids in 1..I-1, of any lengths L_b >= 0.
 
         The same maths, batch by batch, as calling apply() once per wave k on the rows that have a
         k-th event, but each state is decoded and encoded once and the output layer runs only when
         `scores` is asked for. A row without events keeps its state (and gets its scores). Same
-        errors as apply().
+        errors and `verified` as apply().
         """
         timings = dict.fromkeys(STAGES, 0.0)
         tic = time.perf_counter()
@@ -216,7 +219,7 @@ class StepEngine:
         lengths = np.fromiter((len(row) for row in items), dtype=np.int64, count=len(items))
         flat = self._check_items([i for row in items for i in row], int(lengths.sum()),
                                  allow_empty=True)
-        arrays = self.codec.decode_batch(states)
+        arrays = self.codec.decode_batch(states, verified=verified)
         # waves[k, b]: the k-th event of row b (0 where row b has fewer events)
         waves = np.zeros((int(lengths.max(initial=0)), len(items)), dtype=np.int64)
         waves.T[np.arange(waves.shape[0]) < lengths[:, None]] = flat

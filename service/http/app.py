@@ -18,6 +18,7 @@ from service.http.api import events, model, operations, users
 from service.http.errors import install_error_handlers
 from service.http.middleware import RequestMetricsMiddleware
 from service.ops import metrics
+from service.ops.heap import freeze_startup_heap
 from service.ops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, *, engine: Any | None = None) -
         if settings.coalesce:
             app.state.coalescer = EventCoalescer(app.state.store,
                                                  max_batch=settings.coalesce_max_batch)
+        log.debug("froze %d start-up objects", freeze_startup_heap())
         log.info("serving model %s (%s, rule %s) from %s", step_engine.version,
                  step_engine.config.model, step_engine.config.rule, settings.artifact_dir)
         try:

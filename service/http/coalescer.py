@@ -1,17 +1,19 @@
-"""Request coalescing for POST /v1/events: concurrent single events go out as one apply_batch.
+"""Request coalescing for POST /v1/events: concurrent single events go out as one apply_each call.
 
 Each route call submits its event and awaits a future. Per (n, exclude_seen) there is at most one
-drain task: it sends everything queued (up to `max_batch` events) in ONE `StateStore.apply_batch`,
+drain task: it sends everything queued (up to `max_batch` events) in ONE `StateStore.apply_each`,
 resolves the futures, and loops while more requests arrived during that call. There is no timer:
 a request that finds no batch in flight goes out at once, so an idle server adds no latency and
 batches form exactly under load (bench/REPORT_NOTES.md: store CPU per event 1.58 ms alone, 0.61 ms
 in batches of 4, 0.35 ms in batches of 16).
 
 Guarantees: events of one user submitted with the same (n, exclude_seen) are applied in submission
-order (the queue is FIFO and apply_batch keeps each user's order); exactly-once is the store's
-compare-and-set, unchanged. If apply_batch raises, every request of that batch gets the exception
-and no other request does. Users committed before the error keep their events (as for
-POST /v1/events/batch), so a client retrying a 409/503 with the same event_id may get applied=false.
+order (the queue is FIFO and apply_each keeps each user's order); exactly-once is the store's
+compare-and-set, unchanged. Outcomes are per user: a user whose state kept changing
+(StateConflictError) or was not committed when Redis failed (StateStoreUnavailable) fails its own
+requests only, every other request of the batch gets its result as if it had come alone. Only an
+error that apply_each raises as a whole (a bug; unknown items are checked by the route first)
+reaches every request of that batch, and no other request.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from service.state.domain import ApplyResult, Event
 
 log = logging.getLogger(__name__)
 
-BatchKey = tuple[int, bool]  # (n, exclude_seen): one apply_batch serves one pair
+BatchKey = tuple[int, bool]  # (n, exclude_seen): one apply_each serves one pair
 
 
 class CoalescerClosed(RuntimeError):
@@ -39,7 +41,7 @@ class CoalescedResult:
 
     result: ApplyResult
     queue_seconds: float
-    batch_size: int  # events in the apply_batch call that carried this one
+    batch_size: int  # events in the apply_each call that carried this one
 
 
 @dataclass
@@ -50,9 +52,9 @@ class _Pending:
 
 
 class EventCoalescer:
-    """Groups concurrent `submit` calls into `store.apply_batch` calls; see the module docstring.
+    """Groups concurrent `submit` calls into `store.apply_each` calls; see the module docstring.
 
-    store: service.state.store.StateStore (anything with its `apply_batch`); max_batch: most events per
+    store: service.state.store.StateStore (anything with its `apply_each`); max_batch: most events per
     call. Counters `batches` and `events` say how many calls carried how many events so far.
     """
 
@@ -69,8 +71,8 @@ class EventCoalescer:
 
     async def submit(self, event: Event, *, n: int = 0,
                      exclude_seen: bool = False) -> CoalescedResult:
-        """Queue the event and wait for the batch that carries it; raises what its apply_batch
-        raised."""
+        """Queue the event and wait for the batch that carries it; raises its user's failure
+        (StateConflictError, StateStoreUnavailable), or what the whole apply_each raised."""
         if self._closed:
             raise CoalescerClosed("the service is stopping")
         key = (n, exclude_seen)
@@ -109,7 +111,7 @@ class EventCoalescer:
         self.batches += 1
         self.events += len(batch)
         try:
-            results = await self.store.apply_batch([p.event for p in batch], n=n,
+            outcomes = await self.store.apply_each([p.event for p in batch], n=n,
                                                    exclude_seen=exclude_seen)
         except asyncio.CancelledError:
             for pending in batch:
@@ -120,7 +122,11 @@ class EventCoalescer:
                 if not pending.future.done():
                     pending.future.set_exception(err)
             return
-        for pending, result in zip(batch, results, strict=True):
-            if not pending.future.done():
-                pending.future.set_result(CoalescedResult(result, dispatched - pending.submitted,
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(outcome, Exception):  # this user's failure only
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(CoalescedResult(outcome, dispatched - pending.submitted,
                                                           len(batch)))

@@ -59,6 +59,14 @@ class EventOutcome(str, Enum):
     DUPLICATE = "duplicate"  # an event id seen before: a no-op
 
 
+class CacheResult(str, Enum):
+    """What the per-process state cache (service/state/cache.py) did for one user of an apply."""
+
+    HIT = "hit"  # went straight to the compare-and-set, which committed
+    STALE = "stale"  # went straight to the compare-and-set, which refused: read and stepped again
+    MISS = "miss"  # not cached (or the entry lacked the recent items): read from Redis
+
+
 class RebuildReason(str, Enum):
     VERSION_MISMATCH = "version_mismatch"  # stored by another model version
     CORRUPT_STATE = "corrupt_state"  # the blob does not decode

@@ -22,6 +22,7 @@ from prometheus_client import (
 
 from service.ops.labels import (
     ROUTE_METHODS,
+    CacheResult,
     DeadLetterReason,
     ErrorCode,
     EventOutcome,
@@ -51,6 +52,11 @@ STATE_REBUILDS_TOTAL = Counter(
     "cmnrec_state_rebuilds_total",
     "States rebuilt by replaying the user's stored items (never fed to another model version)",
     ["reason"])
+STATE_CACHE_TOTAL = Counter(
+    "cmnrec_state_cache_total",
+    "Users of an apply call by what the per-process state cache did: hit (no read), stale (the "
+    "compare-and-set refused the cached state; also counted in cas_conflicts), miss (read)",
+    ["result"])
 STATE_BYTES = Histogram(
     "cmnrec_state_bytes", "Size of a committed state blob",
     buckets=tuple(float(2 ** p) for p in range(8, 23)))
@@ -75,11 +81,18 @@ def _create_label_values() -> None:
         EVENTS_TOTAL.labels(outcome.value)
     for reason in RebuildReason:
         STATE_REBUILDS_TOTAL.labels(reason.value)
+    for result in CacheResult:
+        STATE_CACHE_TOTAL.labels(result.value)
     for code in ErrorCode:
         ERRORS_TOTAL.labels(code.value)
 
 
 _create_label_values()
+# The children that every request or batch updates, looked up once (labels() takes a lock and
+# builds a key per call): StageTimer.observe and the store's outcome counters use these.
+STAGE_LATENCY = {stage.value: STAGE_LATENCY_SECONDS.labels(stage.value) for stage in Stage}
+EVENTS_APPLIED = EVENTS_TOTAL.labels(EventOutcome.APPLIED.value)
+EVENTS_DUPLICATE = EVENTS_TOTAL.labels(EventOutcome.DUPLICATE.value)
 
 
 def multiprocess_dir() -> str | None:

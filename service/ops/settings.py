@@ -43,15 +43,20 @@ class Settings(BaseSettings):
                                  description="recent event ids kept per user for de-duplication")
     cas_retry_limit: int = Field(64, ge=1, le=10_000,
                                  description="compare-and-set attempts before answering 409")
+    state_cache_users: int | None = Field(
+        None, ge=0, le=10_000_000,
+        description="users whose last committed state each process keeps, to commit their next "
+                    "event without reading it back (service/state/cache.py); 0 = off; unset = "
+                    "4096 with one worker process, 0 with several (they share users at random)")
 
     # HTTP API limits
     max_batch_size: int = Field(1000, ge=1, le=100_000, description="events per batch request")
     max_n: int = Field(100, ge=1, le=10_000, description="largest n of recommendations")
     max_id_length: int = Field(256, ge=1, le=4096, description="longest user/item/event id")
     coalesce: bool = Field(
-        False, description="send concurrent POST /v1/events as one batched apply "
-                           "(service/http/coalescer.py); off = one apply each. On, a batch that fails "
-                           "part-way answers 409/503 to requests whose events may have committed")
+        True, description="send concurrent POST /v1/events as one batched apply "
+                          "(service/http/coalescer.py; per-user outcomes: one user's failure fails "
+                          "that user's requests only); off = one apply each")
     coalesce_max_batch: int = Field(64, ge=1, le=100_000,
                                     description="most events in one coalesced apply")
 
@@ -85,3 +90,10 @@ class Settings(BaseSettings):
         0.5, gt=0, le=60, description="pause after a failed batch before reclaiming it")
     worker_metrics_port: int = Field(9100, ge=0, le=65535,
                                      description="port of the stream worker's /metrics; 0 = none")
+
+    @property
+    def cache_users(self) -> int:
+        """state_cache_users, or its default: 4096 for one process, 0 for several."""
+        if self.state_cache_users is not None:
+            return self.state_cache_users
+        return 4096 if self.workers == 1 else 0

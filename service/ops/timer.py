@@ -9,8 +9,6 @@ from contextlib import contextmanager
 from service.ops import metrics
 from service.ops.labels import Stage
 
-_STAGE_VALUES = frozenset(stage.value for stage in Stage)
-
 
 class StageTimer:
     """Accumulates wall seconds per stage; `observe` exports the Stage ones to Prometheus."""
@@ -34,6 +32,7 @@ class StageTimer:
         """Record "total" (since construction), export the Stage timings; returns every timing."""
         self.add("total", time.perf_counter() - self.started)
         for stage, seconds in self.seconds.items():
-            if stage in _STAGE_VALUES:
-                metrics.STAGE_LATENCY_SECONDS.labels(stage).observe(seconds)
+            child = metrics.STAGE_LATENCY.get(stage)
+            if child is not None:
+                child.observe(seconds)
         return dict(self.seconds)

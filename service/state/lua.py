@@ -35,7 +35,9 @@ CAS = Script("cas", """
 -- KEYS[5] recent event ids (list)
 -- ARGV[1] expected pos             ('' = the user has no state)
 -- ARGV[2] expected model version   ('' = none)
--- ARGV[3] expected sha1 hex of the stored blob ('' = none)
+-- ARGV[3] expected blob check ('' = no blob): the blob's 12 header bytes 12-23 (crc32 of the payload
+--         and pos, model/codec.py), compared with GETRANGE; or the SHA-1 hex (40 characters) of the
+--         whole blob, which hashes all of it (for tools that do not know the layout)
 -- ARGV[4] new state blob   ARGV[5] new model version   ARGV[6] new pos
 -- ARGV[7] ttl seconds (0 = keys do not expire)   ARGV[8] recent-items cap   ARGV[9] event-id window
 -- ARGV[10..] the applied events, oldest first, as pairs: external item id, event id ('' = none)
@@ -46,12 +48,16 @@ local version = redis.call('GET', KEYS[2]) or ''
 if pos ~= ARGV[1] or version ~= ARGV[2] then
   return {0, pos}
 end
-local blob = redis.call('GET', KEYS[1])
-local digest = ''
-if blob then
-  digest = redis.sha1hex(blob)
+local check = ''
+if #ARGV[3] == 40 then
+  local blob = redis.call('GET', KEYS[1])
+  if blob then
+    check = redis.sha1hex(blob)
+  end
+elseif redis.call('EXISTS', KEYS[1]) == 1 then
+  check = redis.call('GETRANGE', KEYS[1], 12, 23)
 end
-if digest ~= ARGV[3] then
+if check ~= ARGV[3] then
   return {0, pos}
 end
 for i = 11, #ARGV, 2 do
@@ -82,6 +88,7 @@ end
 return {1, ARGV[6]}
 """)
 CAS_COMMITTED, CAS_CONFLICT, CAS_DUPLICATE = 1, 0, 2
+BLOB_TOKEN = slice(12, 24)  # the header bytes ARGV[3] compares: crc32 of the payload and pos
 CAS_FIXED_ARGS = 9
 
 EVENT_IDS = Script("event_ids", """

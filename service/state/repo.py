@@ -7,7 +7,6 @@ service/state/lua.py. The algorithm that decides what to write is service/state/
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,8 +38,10 @@ class UserRead:
     seen_event_ids: set[str]
 
     @property
-    def digest(self) -> str:
-        return hashlib.sha1(self.blob).hexdigest() if self.blob is not None else ""
+    def blob_check(self) -> bytes:
+        """What the compare-and-set finds in the stored blob if nobody wrote since this read: its
+        header's crc32 and pos (lua.BLOB_TOKEN), b'' when there was no blob."""
+        return self.blob[lua.BLOB_TOKEN] if self.blob is not None else b""
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class StateRepo:
         CAS_DUPLICATE."""
         commands = []
         for w in writes:
-            args: list[Any] = [w.read.pos, w.read.version, w.read.digest, w.state, w.version,
+            args: list[Any] = [w.read.pos, w.read.version, w.read.blob_check, w.state, w.version,
                                w.pos, self.ttl_seconds, self.recent_cap, self.event_window]
             for item_id, event_id in w.events:
                 args.extend((item_id, event_id))

@@ -17,6 +17,9 @@ Applying events (`StateStore.apply_batch`, the one code path of the HTTP API and
    commit it refuses for a stored id is read again with the lookup, which costs no attempt;
 2. a blob of another model version (or a corrupt one) is never fed to the model: the user's state
    is rebuilt by replaying the stored recent items from the initial state (cmnrec_state_rebuilds_total);
+   Every blob the engine steps has thus been checked (codec.check, in _stale_reason) or made by
+   this process (the initial state, a rebuild, the state cache), so the engine does not compute
+   its crc32 again (`verified=True`);
 3. events whose id is already stored, or repeated inside the batch, are no-ops (applied=false);
 4. the rest is stepped in waves: the k-th new event of every user goes into wave k, so one user's
    events keep their order and different users share each graph run. Without recommendations
@@ -24,10 +27,21 @@ Applying events (`StateStore.apply_batch`, the one code path of the HTTP API and
    and encoded once, no output layer); with n > 0, one engine.apply call per wave (scores after
    every event);
 5. each user's new blob is committed by CAS, which writes only if pos, version and the blob
-   are still what step 1 read and none of the event ids arrived meanwhile; a user that lost the race
-   is read and stepped again (at most `retry_limit` attempts; cmnrec_cas_conflicts_total).
+   (its header's crc32 and pos) are still what step 1 read and none of the event ids arrived
+   meanwhile; a user that lost the race is read and stepped again (at most `retry_limit` attempts;
+   cmnrec_cas_conflicts_total).
 Within one process, a per-user lock keeps a process from racing itself; the compare-and-set is what
 makes concurrent processes and machines safe.
+
+The state cache (service/state/cache.py): a user whose state this process committed last skips the
+read of step 1; the cached blob, version and pos stand in for it, and the compare-and-set checks
+them as it checks a read. A refused commit drops the entry and the user is read and stepped again
+(no attempt spent: the entry was stale, nobody raced); a duplicate event id refused by the
+compare-and-set is read again with the id lookup, as for n = 0.
+
+Per-user outcomes (`apply_each`): one user's conflict after `retry_limit` attempts, or Redis failing
+while a user was still pending, answers that user's events with the error and no other user's;
+`apply_batch` raises the first such error instead (after every other user was committed).
 
 Limitation of the rebuild: when a user has more than `recent_cap` events, only the last
 `recent_cap` are replayed, so the rebuilt state (and its position) covers those events only.
@@ -47,21 +61,23 @@ import redis.asyncio as aioredis
 from model.codec import StateFormatError, StateVersionError
 from model.engine import Engine
 from service.ops import metrics
-from service.ops.labels import EventOutcome, RebuildReason, Stage
+from service.ops.labels import CacheResult, RebuildReason, Stage
 from service.ops.settings import Settings
 from service.ops.timer import StageTimer
+from service.state.cache import CachedState, StateCache
 from service.state.domain import (
     ApplyResult,
     Event,
     Recommendation,
     StateConflictError,
+    StateStoreUnavailable,
     UnknownItemError,
     UserRecommendations,
     UserSnapshot,
 )
 from service.state.keys import KeySchema
 from service.state.locks import KeyedLocks
-from service.state.lua import CAS_COMMITTED, CAS_DUPLICATE
+from service.state.lua import CAS_COMMITTED, CAS_CONFLICT, CAS_DUPLICATE
 from service.state.repo import CasWrite, StateRepo, UserRead
 
 log = logging.getLogger(__name__)
@@ -70,6 +86,7 @@ _ENGINE_STAGES = {"decode": Stage.STATE_DECODE, "controller": Stage.CONTROLLER,
                   "memory": Stage.MEMORY, "output": Stage.OUTPUT, "encode": Stage.STATE_ENCODE}
 
 Outcome = tuple[bool, int, bool]  # applied, position after the event, chunk time
+ApplyFailure = StateConflictError | StateStoreUnavailable  # what apply_each answers instead
 
 
 @dataclass
@@ -79,6 +96,7 @@ class _UserWork:
     user_id: str
     indices: list[int]  # positions of the user's events in the call, in order
     read: UserRead | None = None
+    cached: bool = False  # `read` came from the state cache, not from Redis
     start_state: bytes = b""
     rebuilt: bool = False
     to_apply: list[int] = field(default_factory=list)  # indices of events to step, in order
@@ -100,7 +118,7 @@ class StateStore:
 
     def __init__(self, redis: aioredis.Redis, engine: Engine, *, keys: KeySchema | None = None,
                  ttl_seconds: int = 0, recent_cap: int = 1000, event_window: int = 1000,
-                 retry_limit: int = 64) -> None:
+                 retry_limit: int = 64, cache_users: int = 0) -> None:
         if recent_cap < 1 or event_window < 1 or retry_limit < 1 or ttl_seconds < 0:
             raise ValueError("recent_cap, event_window, retry_limit must be >= 1, ttl >= 0")
         self.redis = redis
@@ -109,6 +127,8 @@ class StateStore:
         self.repo = StateRepo(redis, self.keys, ttl_seconds=ttl_seconds, recent_cap=recent_cap,
                               event_window=event_window)
         self.retry_limit = retry_limit
+        self.recent_cap = recent_cap
+        self.cache = StateCache(cache_users)
         self._locks = KeyedLocks()
         self._initial_state: bytes = engine.initial_state()
 
@@ -116,7 +136,8 @@ class StateStore:
     def from_settings(cls, redis: aioredis.Redis, engine: Engine, settings: Settings) -> "StateStore":
         return cls(redis, engine, keys=KeySchema(settings.key_prefix),
                    ttl_seconds=settings.state_ttl_seconds, recent_cap=settings.recent_items_cap,
-                   event_window=settings.event_id_window, retry_limit=settings.cas_retry_limit)
+                   event_window=settings.event_id_window, retry_limit=settings.cas_retry_limit,
+                   cache_users=settings.cache_users)
 
     @property
     def model_version(self) -> str:
@@ -133,9 +154,25 @@ class StateStore:
 
         n > 0 adds the top-n recommendations after each event (excluding the user's stored recent
         items and the batch's earlier items when exclude_seen). Raises UnknownItemError before
-        touching Redis if any item is unknown, StateStoreUnavailable if Redis does not answer,
-        StateConflictError after `retry_limit` lost races on one user. Users whose commit succeeded
-        before such an error keep their committed events.
+        touching Redis if any item is unknown; otherwise the first failure of `apply_each`
+        (StateStoreUnavailable, or StateConflictError after `retry_limit` lost races on one user),
+        once every other user of the call is done. Users committed before such an error keep their
+        committed events.
+        """
+        outcomes = await self.apply_each(events, n=n, exclude_seen=exclude_seen)
+        for outcome in outcomes:
+            if not isinstance(outcome, ApplyResult):
+                raise outcome
+        return outcomes  # type: ignore[return-value]  # no failure above
+
+    async def apply_each(self, events: Sequence[Event], *, n: int = 0,
+                         exclude_seen: bool = False) -> list[ApplyResult | ApplyFailure]:
+        """`apply_batch` with per-user outcomes: one entry per event, its ApplyResult, or the error
+        that stopped its user (StateConflictError after `retry_limit` lost races,
+        StateStoreUnavailable when Redis failed while the user was not yet committed: its events
+        may or may not have committed, and a retry with the same event ids is safe). The other
+        users' events are applied and answered as if they had come alone. Raises UnknownItemError
+        (before touching Redis) if any item is unknown.
         """
         if not events:
             return []
@@ -146,48 +183,72 @@ class StateStore:
             by_user.setdefault(event.user_id, []).append(index)
         metrics.BATCH_SIZE_EVENTS.observe(len(events))
         outcomes: dict[int, Outcome] = {}
+        failures: dict[str, ApplyFailure] = {}
         rebuilt_users: set[str] = set()
         recs: dict[int, list[Recommendation]] = {}
         check_ids = n > 0  # n = 0: the first attempt leaves stored ids to the compare-and-set
+        use_cache = self.cache.capacity > 0
         async with self._locks.hold(by_user):
             pending = dict(by_user)
             attempt = 0
-            while True:
-                work = [_UserWork(user, indices) for user, indices in pending.items()]
-                await self._read(work, events, timer, n > 0 and exclude_seen, check_ids)
-                await self._rebuild_stale(work, timer)
-                self._mark_duplicates(work, events)
-                wave_recs = self._step_waves(work, items, n, exclude_seen, timer)
-                self._recommend_duplicates(work, items, n, exclude_seen, wave_recs, timer)
-                lost = await self._commit(work, events, timer)
-                committed = [w for w in work if w.user_id not in lost]
-                # committed: counted even if a later attempt for another user fails
-                self._count_outcomes(o for w in committed for o in w.outcome.values())
-                for w in committed:
-                    outcomes.update(w.outcome)
-                    if w.rebuilt:
-                        rebuilt_users.add(w.user_id)
-                    for index in w.indices:
-                        recs[index] = wave_recs.get(index, [])
-                pending = {user: pending[user] for user in lost}
-                if not pending:
-                    break
-                conflicts = [u for u, code in lost.items() if check_ids or code != CAS_DUPLICATE]
-                check_ids = True
-                if not conflicts:
-                    continue  # only ids stored before this batch: read them, no attempt spent
-                metrics.CAS_CONFLICTS_TOTAL.inc(len(conflicts))
-                attempt += 1
-                if attempt >= self.retry_limit:
-                    raise StateConflictError(conflicts[0], self.retry_limit)
-                # Jittered back-off so that racing writers do not collide again in lock-step.
-                await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
+            try:
+                while pending:
+                    work = [_UserWork(user, indices) for user, indices in pending.items()]
+                    await self._read(work, events, timer, n > 0 and exclude_seen, check_ids,
+                                     use_cache)
+                    await self._rebuild_stale(work, timer)
+                    self._mark_duplicates(work, events)
+                    wave_recs = self._step_waves(work, items, n, exclude_seen, timer)
+                    self._recommend_duplicates(work, items, n, exclude_seen, wave_recs, timer)
+                    lost = await self._commit(work, events, timer)
+                    committed = [w for w in work if w.user_id not in lost]
+                    # committed: counted even if a later attempt for another user fails
+                    self._count_outcomes(o for w in committed for o in w.outcome.values())
+                    for w in committed:
+                        outcomes.update(w.outcome)
+                        if w.rebuilt:
+                            rebuilt_users.add(w.user_id)
+                        for index in w.indices:
+                            recs[index] = wave_recs.get(index, [])
+                    cached = {w.user_id for w in work if w.cached}
+                    if cached:
+                        stale = sum(1 for u in cached if lost.get(u) == CAS_CONFLICT)
+                        metrics.STATE_CACHE_TOTAL.labels(CacheResult.HIT.value).inc(
+                            len(cached) - stale)
+                        metrics.STATE_CACHE_TOTAL.labels(CacheResult.STALE.value).inc(stale)
+                        metrics.CAS_CONFLICTS_TOTAL.inc(stale)
+                    for user in lost:
+                        self.cache.drop(user)
+                    pending = {user: pending[user] for user in lost}
+                    if not pending:
+                        break
+                    # A stale cache entry or an id not looked up beforehand raced with nobody:
+                    # read again, no attempt spent.
+                    conflicts = [u for u, code in lost.items() if u not in cached
+                                 and (check_ids or code != CAS_DUPLICATE)]
+                    check_ids = True
+                    if not conflicts:
+                        continue
+                    metrics.CAS_CONFLICTS_TOTAL.inc(len(conflicts))
+                    attempt += 1
+                    if attempt >= self.retry_limit:
+                        for user in conflicts:
+                            failures[user] = StateConflictError(user, self.retry_limit)
+                            del pending[user]
+                        continue
+                    # Jittered back-off so that racing writers do not collide again in lock-step.
+                    await asyncio.sleep(random.uniform(0, 0.001 * min(attempt, 20)))
+            except StateStoreUnavailable as error:
+                for user in pending:  # their commit may or may not have happened
+                    failures[user] = error
+                    self.cache.drop(user)
         timings = timer.observe()
         version = self.model_version
         return [ApplyResult(event=events[i], applied=outcomes[i][0], position=outcomes[i][1],
                             chunk_time=outcomes[i][2], model_version=version,
                             recommendations=recs.get(i, []), timings=timings,
                             rebuilt=events[i].user_id in rebuilt_users)
+                if i in outcomes else failures[events[i].user_id]
                 for i in range(len(events))]
 
     async def recommend(self, user_id: str, *, n: int = 10,
@@ -222,6 +283,7 @@ class StateStore:
     async def delete_user(self, user_id: str) -> bool:
         """Remove everything stored for a user. True if there was anything."""
         async with self._locks.hold([user_id]):
+            self.cache.drop(user_id)
             return await self.repo.delete(user_id)
 
     async def snapshot(self, user_id: str) -> UserSnapshot:
@@ -244,13 +306,31 @@ class StateStore:
         return encoded
 
     async def _read(self, work: list[_UserWork], events: Sequence[Event], timer: StageTimer,
-                    need_recent: bool, check_ids: bool = True) -> None:
-        """One round trip for every user (service/state/repo.py StateRepo.read_users)."""
+                    need_recent: bool, check_ids: bool = True, use_cache: bool = False) -> None:
+        """The users this process committed last from the state cache (when `use_cache`), the
+        others in one round trip (service/state/repo.py StateRepo.read_users)."""
+        to_read = work
+        if use_cache:
+            to_read = []
+            for w in work:
+                entry = self.cache.get(w.user_id)
+                if entry is None or (need_recent and entry.recent is None):
+                    to_read.append(w)
+                    continue
+                w.read = UserRead(keys=self.keys.user(w.user_id), blob=entry.blob,
+                                  version=entry.version, pos=entry.pos,
+                                  recent=None if entry.recent is None else list(entry.recent),
+                                  seen_event_ids=set())
+                w.start_state, w.cached = entry.blob, True
+            if to_read:
+                metrics.STATE_CACHE_TOTAL.labels(CacheResult.MISS.value).inc(len(to_read))
+            else:
+                return
         with timer.stage(Stage.STATE_READ):
             reads = await self.repo.read_users(
                 [(w.user_id, [events[i].event_id for i in w.indices if events[i].event_id]
-                  if check_ids else []) for w in work], need_recent=need_recent)
-        for w, read in zip(work, reads):
+                  if check_ids else []) for w in to_read], need_recent=need_recent)
+        for w, read in zip(to_read, reads):
             w.read = read
             w.start_state = read.blob if read.blob is not None else self._initial_state
 
@@ -260,7 +340,7 @@ class StateStore:
         stale: list[_UserWork] = []
         for w in work:
             assert w.read is not None
-            if w.read.blob is None:
+            if w.read.blob is None or w.cached:  # a cached blob is one this process committed
                 continue
             reason = self._stale_reason(w.read)
             if reason is not None:
@@ -324,7 +404,7 @@ class StateStore:
             indices = [w.to_apply[k] for w in rows]
             states = [w.states_after[-1] if w.states_after else w.start_state for w in rows]
             with timer.stage(Stage.MODEL):
-                result = self.engine.apply([items[i] for i in indices], states)
+                result = self.engine.apply([items[i] for i in indices], states, verified=True)
             self._add_engine_timings(timer, result.timings, len(rows))
             for j, (w, index) in enumerate(zip(rows, indices)):
                 w.states_after.append(result.states[j])
@@ -349,7 +429,7 @@ class StateStore:
             return
         with timer.stage(Stage.MODEL):
             result = self.engine.apply_sequences([[items[i] for i in w.to_apply] for w in rows],
-                                                 [w.start_state for w in rows])
+                                                 [w.start_state for w in rows], verified=True)
         self._add_engine_timings(timer, result.timings, len(rows))
         for w, state, end, flags in zip(rows, result.states, result.positions.tolist(),
                                         result.chunk):
@@ -417,9 +497,20 @@ class StateStore:
         for w, write, code in zip(changed, writes, codes):
             if code == CAS_COMMITTED:
                 metrics.STATE_BYTES.observe(len(write.state))
+                self._remember(w, write)
             else:
                 lost[w.user_id] = code
         return lost
+
+    def _remember(self, w: _UserWork, write: CasWrite) -> None:
+        """Cache what a compare-and-set just committed (the recent items too when they were read)."""
+        if self.cache.capacity == 0:
+            return
+        recent = None
+        if write.read.recent is not None:
+            items = write.read.recent + [item_id for item_id, _ in write.events]
+            recent = tuple(items[-self.recent_cap:])
+        self.cache.put(w.user_id, CachedState(write.state, write.version, str(write.pos), recent))
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _seen_ids(self, read: UserRead | None, extra: list[int]) -> set[int]:
@@ -448,6 +539,9 @@ class StateStore:
             applied += was_applied
             duplicates += not was_applied
             chunks += was_applied and chunk
-        metrics.EVENTS_TOTAL.labels(EventOutcome.APPLIED.value).inc(applied)
-        metrics.EVENTS_TOTAL.labels(EventOutcome.DUPLICATE.value).inc(duplicates)
-        metrics.CHUNK_EVENTS_TOTAL.inc(chunks)
+        if applied:
+            metrics.EVENTS_APPLIED.inc(applied)
+        if duplicates:
+            metrics.EVENTS_DUPLICATE.inc(duplicates)
+        if chunks:
+            metrics.CHUNK_EVENTS_TOTAL.inc(chunks)

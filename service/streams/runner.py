@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 
+from service.ops.heap import freeze_startup_heap
 from service.ops.settings import Settings
 from service.state.connection import open_redis
 from service.state.store import StateStore
@@ -45,6 +46,7 @@ async def run_worker(settings: Settings, redis_url: str, *, consumer: str | None
     try:
         store = StateStore.from_settings(client, engine, settings)
         worker = StreamWorker(client, store, settings, consumer)
+        log.debug("froze %d start-up objects", freeze_startup_heap())
         await worker.run(stop)
         return worker.totals
     finally:

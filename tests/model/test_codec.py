@@ -151,3 +151,20 @@ def test_bad_arrays_and_layouts_are_refused(codec: StateCodec) -> None:
     with pytest.raises(ValueError, match="offsets"):
         StateCodec(shifted, VERSION)
     assert StateCodec(layouts, VERSION).fields == layouts
+
+
+def test_verified_decode_skips_the_crc_but_gives_the_same_arrays(codec: StateCodec) -> None:
+    rng = np.random.default_rng(7)
+    blobs = [codec.encode(random_state(rng, pos)) for pos in (0, 3, 11)]
+    for batch in (blobs[:1], blobs):
+        checked, trusted = codec.decode_batch(batch), codec.decode_batch(batch, verified=True)
+        assert checked.keys() == trusted.keys()
+        for name in checked:
+            np.testing.assert_array_equal(checked[name], trusted[name])
+    corrupt = bytearray(blobs[1])
+    corrupt[codec.payload_start] ^= 0xFF  # a float of the first field, not pos
+    with pytest.raises(StateFormatError):
+        codec.decode_batch([bytes(corrupt)])  # checked: refused
+    codec.decode_batch([bytes(corrupt)], verified=True)  # the caller vouched for it: not checked
+    with pytest.raises(StateFormatError):  # a wrong length is refused even when vouched for
+        codec.decode_batch([blobs[0], blobs[1][:-8]], verified=True)

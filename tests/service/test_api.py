@@ -275,3 +275,25 @@ def test_error_body_is_json_serialisable() -> None:
     assert field_path(("query", "n")) == "n"
     assert field_path(("body",)) == "body"
     assert json.dumps({"field": field_path(())}) == '{"field": null}'
+
+
+async def test_event_answers_match_their_documented_schemas(make_settings, engine):
+    """The event routes serialise with orjson, bypassing FastAPI's response model: the bodies must
+    still be exactly EventOut / BatchOut (no extra field, None fields left out)."""
+    from service.http.schemas import BatchOut, EventOut
+
+    async with serving(make_settings(), engine) as client:
+        single = await client.post("/v1/events?n=3", json={"user_id": "s", "item_id": "101",
+                                                           "event_id": "s-1"})
+        anonymous = await client.post("/v1/events?n=0", json={"user_id": "s", "item_id": "103"})
+        batch = await client.post("/v1/events/batch?n=2", json={"events": [
+            {"user_id": "s", "item_id": "102"}, {"user_id": "t", "item_id": "101",
+                                                 "event_id": "t-1"}]})
+    for response in (single, anonymous, batch):
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/json"
+    for body in (single.json(), anonymous.json(), *batch.json()["results"]):
+        model = EventOut.model_validate(body, strict=True)
+        assert model.model_dump(exclude_none=True) == body
+    assert "event_id" not in anonymous.json()
+    assert BatchOut.model_validate(batch.json()).model_dump(exclude_none=True) == batch.json()

@@ -178,3 +178,66 @@ async def test_coalescing_off_applies_each_request_on_its_own(make_settings, eng
     assert all("queue" not in a.json()["latency_ms"] for a in answers)
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "unknown_item"
     assert [s.position for s in snaps] == [3, 3, 3]
+
+
+class RacingEngine:
+    """The real engine; before every step another connection bumps one user's pos key, as a
+    writer in another process committing that user meanwhile would. That user's compare-and-set
+    is refused on every attempt; the other users are untouched."""
+
+    def __init__(self, engine, redis_url: str, pos_key: str) -> None:
+        import redis
+
+        self._engine, self._pos_key = engine, pos_key
+        self._client = redis.Redis.from_url(redis_url)
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def apply(self, *args, **kwargs):
+        self._client.incr(self._pos_key)
+        return self._engine.apply(*args, **kwargs)
+
+    def apply_sequences(self, *args, **kwargs):
+        self._client.incr(self._pos_key)
+        return self._engine.apply_sequences(*args, **kwargs)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@pytest.mark.parametrize("n", [0, 2])
+async def test_one_users_conflict_fails_only_that_users_requests(make_settings, engine,
+                                                                 redis_url, n):
+    from service.state.domain import StateConflictError
+    from service.state.keys import KeySchema
+
+    settings = make_settings(coalesce=True, cas_retry_limit=3)
+    racing = RacingEngine(engine, redis_url, KeySchema(settings.key_prefix).user("b").pos)
+    try:
+        async with open_store(settings, racing) as store:
+            coalescer = EventCoalescer(store)
+            events = [Event("a", ITEMS[0], "a-0"), Event("b", ITEMS[1], "b-0"),
+                      Event("c", ITEMS[2], "c-0"), Event("a", ITEMS[3], "a-1"),
+                      Event("b", ITEMS[4], "b-1")]
+            outcomes = await asyncio.gather(*(coalescer.submit(e, n=n) for e in events),
+                                            return_exceptions=True)
+            await coalescer.aclose()
+            direct = await store.apply_each([Event("c", ITEMS[5], "c-1"),
+                                             Event("b", ITEMS[6], "b-2")], n=n)
+            with pytest.raises(StateConflictError):  # apply_batch raises, after committing c
+                await store.apply_batch([Event("b", ITEMS[7], "b-3"),
+                                         Event("c", ITEMS[8], "c-2")], n=n)
+            snaps = {u: await store.snapshot(u) for u in "abc"}
+    finally:
+        racing.close()
+    assert coalescer.batches == 1  # all five in one apply_each
+    assert [o.result.position for o in (outcomes[0], outcomes[2], outcomes[3])] == [1, 1, 2]
+    assert all(len(o.result.recommendations) == n for o in (outcomes[0], outcomes[2]))
+    assert isinstance(outcomes[1], StateConflictError) and outcomes[1].user_id == "b"
+    assert outcomes[4] is outcomes[1]
+    assert direct[0].position == 2 and isinstance(direct[1], StateConflictError)
+    assert snaps["a"].recent_items == [ITEMS[0], ITEMS[3]]
+    assert snaps["c"].recent_items == [ITEMS[2], ITEMS[5], ITEMS[8]]
+    assert snaps["c"].state == replay(engine, snaps["c"].recent_items)
+    assert snaps["b"].state is None and snaps["b"].recent_items == []  # never committed

@@ -1,9 +1,17 @@
-"""POST /v1/events and POST /v1/events/batch: apply interactions, answer recommendations."""
+"""POST /v1/events and POST /v1/events/batch: apply interactions, answer recommendations.
+
+The answers are serialised with orjson straight from the store's results (`JsonBytes`), not built
+as pydantic models and validated again by FastAPI: EventOut and BatchOut remain the documented
+schema (response_model), and tests/service/test_api.py checks the bodies against them.
+"""
 from __future__ import annotations
 
 import time
+from typing import Any
 
+import orjson
 from fastapi import APIRouter
+from fastapi.responses import Response
 
 from service.http.api.deps import (
     CoalescerDep,
@@ -14,7 +22,7 @@ from service.http.api.deps import (
 )
 from service.http.coalescer import CoalescerClosed
 from service.http.errors import ERROR_RESPONSES, ApiError
-from service.http.schemas import BatchIn, BatchOut, EventIn, EventOut, RecommendationOut
+from service.http.schemas import BatchIn, BatchOut, EventIn, EventOut
 from service.ops.labels import ErrorCode, Route
 from service.ops.settings import Settings
 from service.state.domain import ApplyResult, Event, UnknownItemError
@@ -38,14 +46,25 @@ def latency_ms(timings: dict[str, float], total_seconds: float,
     return {stage: round(ms, 4) for stage, ms in out.items()}
 
 
-def event_out(result: ApplyResult, latency: dict[str, float]) -> EventOut:
-    return EventOut(
-        user_id=result.event.user_id, item_id=result.event.item_id,
-        event_id=result.event.event_id, applied=result.applied, position=result.position,
-        chunk_time=result.chunk_time, model_version=result.model_version,
-        recommendations=[RecommendationOut(item_id=r.item_id, score=r.score, title=r.title)
-                         for r in result.recommendations],
-        latency_ms=latency)
+class JsonBytes(Response):
+    """A JSON body already serialised (FastAPI passes a Response through without validation)."""
+
+    media_type = "application/json"
+
+
+def event_out(result: ApplyResult, latency: dict[str, float]) -> dict[str, Any]:
+    """The EventOut body as plain data, None fields left out (response_model_exclude_none)."""
+    event = result.event
+    out: dict[str, Any] = {"user_id": event.user_id, "item_id": event.item_id}
+    if event.event_id is not None:
+        out["event_id"] = event.event_id
+    out.update(applied=result.applied, position=result.position, chunk_time=result.chunk_time,
+               model_version=result.model_version,
+               recommendations=[{"item_id": r.item_id, "score": r.score} if r.title is None
+                                else {"item_id": r.item_id, "score": r.score, "title": r.title}
+                                for r in result.recommendations],
+               latency_ms=latency)
+    return out
 
 
 def to_event(body: EventIn, settings: Settings, prefix: str = "") -> Event:
@@ -57,7 +76,7 @@ def to_event(body: EventIn, settings: Settings, prefix: str = "") -> Event:
 @router.post(Route.EVENTS.value, response_model=EventOut, response_model_exclude_none=True,
              responses=ERROR_RESPONSES, summary="Apply one interaction")
 async def post_event(body: EventIn, params: RecommendationParamsDep, store: StoreDep,
-                     coalescer: CoalescerDep, settings: SettingsDep) -> EventOut:
+                     coalescer: CoalescerDep, settings: SettingsDep) -> JsonBytes:
     """Applies the event to the user's state (exactly once per event_id) and answers the top-n
     next items after it. Concurrent requests are applied together in one batch (settings.coalesce);
     `latency_ms.queue` is the wait for that batch, the stage figures are the batch's."""
@@ -68,16 +87,16 @@ async def post_event(body: EventIn, params: RecommendationParamsDep, store: Stor
             result = await store.apply(event, n=params.n, exclude_seen=params.exclude_seen)
         except UnknownItemError as err:
             raise unknown_item(err.item_id) from None
-        return event_out(result, latency_ms(result.timings, time.perf_counter() - started))
+        return JsonBytes(orjson.dumps(event_out(
+            result, latency_ms(result.timings, time.perf_counter() - started))))
     if event.item_id not in store.engine.vocab:  # checked here so that it fails no other request
         raise unknown_item(event.item_id)
     try:
         outcome = await coalescer.submit(event, n=params.n, exclude_seen=params.exclude_seen)
     except CoalescerClosed:
         raise ApiError(ErrorCode.NOT_READY, "the service is starting or stopping") from None
-    return event_out(outcome.result, latency_ms(outcome.result.timings,
-                                                time.perf_counter() - started,
-                                                outcome.queue_seconds))
+    return JsonBytes(orjson.dumps(event_out(outcome.result, latency_ms(
+        outcome.result.timings, time.perf_counter() - started, outcome.queue_seconds))))
 
 
 def unknown_item(item_id: str) -> ApiError:
@@ -88,7 +107,7 @@ def unknown_item(item_id: str) -> ApiError:
 @router.post(Route.EVENTS_BATCH.value, response_model=BatchOut, response_model_exclude_none=True,
              responses=ERROR_RESPONSES, summary="Apply a batch of interactions")
 async def post_events_batch(body: BatchIn, params: RecommendationParamsDep, store: StoreDep,
-                            settings: SettingsDep) -> BatchOut:
+                            settings: SettingsDep) -> JsonBytes:
     """One result per event, in order. One user's events are applied in the order given; the
     events of different users are stepped together. Nothing is applied if any event is invalid."""
     started = time.perf_counter()
@@ -103,4 +122,5 @@ async def post_events_batch(body: BatchIn, params: RecommendationParamsDep, stor
                        f" {err.item_id!r}; nothing was applied",
                        f"events[{err.index}].item_id") from None
     latency = latency_ms(results[0].timings if results else {}, time.perf_counter() - started)
-    return BatchOut(results=[event_out(r, latency) for r in results], latency_ms=latency)
+    return JsonBytes(orjson.dumps({"results": [event_out(r, latency) for r in results],
+                                   "latency_ms": latency}))
