@@ -60,6 +60,9 @@ BATCH_SIZE_EVENTS = Histogram(
 ENGINE_BATCH_ROWS = Histogram(
     "cmnrec_engine_batch_rows", "Users stepped together in one batched engine call",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
+MODEL_RELOADS_TOTAL = Counter(
+    "cmnrec_model_reloads_total", "Model artifacts swapped in without a restart (SIGHUP or"
+    " POST /v1/admin/model/reload); states of the old version are rebuilt lazily")
 ERRORS_TOTAL = Counter(
     "cmnrec_errors_total", "Error answers by error code", ["code"])
 

@@ -37,11 +37,14 @@ def other_engine(artifacts: dict[str, Path]) -> StepEngine:
 
 @pytest.fixture
 def make_settings(redis_url: str, key_prefix: str, artifacts: dict[str, Path]) -> Any:
-    """Settings for this test's Redis prefix; keyword arguments override fields."""
+    """Settings for this test's Redis prefix; keyword arguments override fields.
+
+    Events without an event id are accepted here (require_event_id=False), as most tests post
+    such events; tests/service/test_hardening.py checks the default (required)."""
 
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = dict(artifact_dir=artifacts["main"], redis_url=redis_url,
-                                      key_prefix=key_prefix)
+                                      key_prefix=key_prefix, require_event_id=False)
         values.update(overrides)
         return Settings(**values)
 

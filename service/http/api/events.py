@@ -51,7 +51,19 @@ def event_out(result: ApplyResult, latency: dict[str, float]) -> EventOut:
 def to_event(body: EventIn, settings: Settings, prefix: str = "") -> Event:
     for name in ("user_id", "item_id", "event_id"):
         check_id(getattr(body, name), prefix + name, settings)
+    if body.event_id is None and settings.require_event_id:
+        raise ApiError(ErrorCode.EVENT_ID_REQUIRED, f"{prefix}event_id: required, so that a retry"
+                       " is recognised and applied once (GET /v1/users/{user_id}/events/{event_id}"
+                       " tells whether it was applied)", prefix + "event_id")
     return Event(body.user_id, body.item_id, body.event_id, body.timestamp)
+
+
+def check_answer_size(n: int, events: int, settings: Settings) -> None:
+    """n recommendations per event: at most settings.max_answer_items in one answer."""
+    if n * events > settings.max_answer_items:
+        raise ApiError(ErrorCode.ANSWER_TOO_LARGE, f"n: {n} recommendations x {events} events is"
+                       f" over {settings.max_answer_items} per answer; lower n or split the batch",
+                       "n")
 
 
 @router.post(Route.EVENTS.value, response_model=EventOut, response_model_exclude_none=True,
@@ -62,6 +74,7 @@ async def post_event(body: EventIn, params: RecommendationParamsDep, store: Stor
     next items after it. Concurrent requests are applied together in one batch (settings.coalesce);
     `latency_ms.queue` is the wait for that batch, the stage figures are the batch's."""
     started = time.perf_counter()
+    check_answer_size(params.n, 1, settings)
     event = to_event(body, settings)
     if coalescer is None:
         try:
@@ -95,6 +108,7 @@ async def post_events_batch(body: BatchIn, params: RecommendationParamsDep, stor
     if len(body.events) > settings.max_batch_size:
         raise ApiError(ErrorCode.BATCH_TOO_LARGE, f"events: {len(body.events)} events, at most"
                        f" {settings.max_batch_size} per batch", "events")
+    check_answer_size(params.n, len(body.events), settings)
     events = [to_event(e, settings, f"events[{i}].") for i, e in enumerate(body.events)]
     try:
         results = await store.apply_batch(events, n=params.n, exclude_seen=params.exclude_seen)
