@@ -133,6 +133,14 @@ WORKER_STREAM_LAG_ENTRIES = Gauge(
 WORKER_PENDING_ENTRIES = Gauge(
     "cmnrec_worker_pending_entries", "Entries of a partition delivered but not yet acknowledged",
     ["partition"], multiprocess_mode="max")
+WORKER_BROKEN_PARTITIONS = Gauge(
+    "cmnrec_worker_broken_partitions", "1 while an owned partition is set aside because its stream"
+    " key holds another Redis type (the other partitions keep flowing)", ["partition"],
+    multiprocess_mode="max")
+WORKER_LOOP_TIMESTAMP_SECONDS = Gauge(
+    "cmnrec_worker_loop_timestamp_seconds", "When the stream worker's loop last completed an"
+    " iteration (Unix time); the worker's /healthz fails when it is older than a few seconds",
+    multiprocess_mode="max")
 WORKER_PARTITIONS_OWNED = Gauge(
     "cmnrec_worker_partitions_owned", "Partitions this worker holds the lease of",
     multiprocess_mode="max")
