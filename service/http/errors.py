@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.http.schemas import ErrorOut
 from service.ops import metrics
 from service.ops.labels import ErrorCode
 from service.state.domain import StateConflictError, StateStoreUnavailable, UserStateCorrupt
@@ -43,9 +44,9 @@ STORE_CODES = {
              "the state store (Redis) is full (maxmemory reached); retry later"),
 }
 
-# The error responses a route documents in OpenAPI.
+# The error responses a route documents in OpenAPI (every one with the ErrorOut body).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": None, "description": description} for status, description in (
+    status: {"model": ErrorOut, "description": description} for status, description in (
         (400, "malformed_json"), (401, "unauthorized: no API key, or an unknown one"),
         (403, "forbidden: the API key lacks the scope of this route"),
         (413, "batch_too_large, body_too_large"),
