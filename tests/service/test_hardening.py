@@ -366,3 +366,31 @@ async def test_openapi_states_the_enforced_limits_and_timestamp_false_is_refused
     assert false_ts.status_code == 422 and error_of(false_ts)["field"] == "timestamp"
     assert string_ts.status_code == 422
     assert int_ts.status_code == 200
+
+
+async def test_a_503_during_a_stall_is_resolved_by_asking_then_retrying_once(
+        make_settings, engine, own_redis):
+    """The probe's DEBUG SLEEP (here SIGSTOP/SIGCONT of the redis-server: the embedded one has no
+    DEBUG command): the POST times out (503) while Redis stalls; whether it committed or not,
+    asking GET .../events/{event_id} and retrying with the same id applies it once."""
+    import os
+    import signal
+
+    settings = make_settings(redis_url=own_redis.url, redis_timeout_seconds=0.3)
+    event = {"user_id": "s", "item_id": ITEM, "event_id": "during-stall"}
+    async with serving(settings, engine) as client:
+        assert (await client.post("/v1/events", json={**event, "event_id": "e0"})
+                ).status_code == 200
+        os.kill(own_redis.pid, signal.SIGSTOP)
+        try:
+            stalled = await client.post("/v1/events", json=event)
+        finally:
+            os.kill(own_redis.pid, signal.SIGCONT)
+        status = (await client.get("/v1/users/s/events/during-stall")).json()
+        retried = await client.post("/v1/events", json=event)
+        snapshot = await client.app.state.store.snapshot("s")  # type: ignore[attr-defined]
+    assert stalled.status_code == 503, stalled.text
+    assert error_of(stalled)["code"] == "state_store_unavailable"
+    assert retried.status_code == 200
+    assert retried.json()["applied"] is (not status["applied"])  # applied exactly once
+    assert snapshot.position == 2 and snapshot.event_ids == ["e0", "during-stall"]
