@@ -40,7 +40,7 @@ from service.ops.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class Scope_(str, Enum):
+class ApiScope(str, Enum):
     EVENTS_WRITE = "events:write"
     RECOMMENDATIONS_READ = "recommendations:read"
     ADMIN = "admin"
@@ -76,7 +76,7 @@ class TokenBucket:
 @dataclass
 class ApiKey:
     name: str
-    scopes: frozenset[Scope_]
+    scopes: frozenset[ApiScope]
     digest: str  # sha256 hex of the secret
     bucket: TokenBucket | None  # None: no rate limit
 
@@ -92,10 +92,10 @@ def parse_entry(line: str, settings: Settings) -> ApiKey:
         raise AuthConfigError(f"API key entry {parts[:1]}: expected `name scopes key [rate]`")
     name, scopes_text, secret = parts[:3]
     try:
-        scopes = frozenset(Scope_(s) for s in scopes_text.split(",") if s)
+        scopes = frozenset(ApiScope(s) for s in scopes_text.split(",") if s)
     except ValueError:
         raise AuthConfigError(f"API key {name!r}: unknown scope in {scopes_text!r} (known:"
-                              f" {', '.join(s.value for s in Scope_)})") from None
+                              f" {', '.join(s.value for s in ApiScope)})") from None
     if secret.startswith("sha256:"):
         digest = secret[len("sha256:"):].lower()
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
@@ -157,17 +157,17 @@ def check_access(settings: Settings) -> dict[str, ApiKey]:
     return keys
 
 
-def required_scope(method: str, path: str, metrics_public: bool) -> Scope_ | None:
+def required_scope(method: str, path: str, metrics_public: bool) -> ApiScope | None:
     """The scope a request needs; None: no key needed."""
     if path in ("/healthz", "/readyz"):
         return None
     if path == "/metrics":
-        return None if metrics_public else Scope_.ADMIN
+        return None if metrics_public else ApiScope.ADMIN
     if path.startswith("/v1/events"):
-        return Scope_.EVENTS_WRITE
+        return ApiScope.EVENTS_WRITE
     if path.startswith("/v1/users/"):
-        return Scope_.ADMIN if method == "DELETE" else Scope_.RECOMMENDATIONS_READ
-    return Scope_.ADMIN  # /v1/model, /v1/admin/*, /docs, /openapi.json and unknown paths
+        return ApiScope.ADMIN if method == "DELETE" else ApiScope.RECOMMENDATIONS_READ
+    return ApiScope.ADMIN  # /v1/model, /v1/admin/*, /docs, /openapi.json and unknown paths
 
 
 def presented_key(scope: Scope) -> str | None:
@@ -205,16 +205,19 @@ class AuthMiddleware:
                 ErrorCode.UNAUTHORIZED, "an API key is required (Authorization: Bearer <key> or"
                 " X-API-Key: <key>)" if secret is None else "unknown API key", "authorization",
                 headers={"WWW-Authenticate": "Bearer"})
-        elif needed not in key.scopes and Scope_.ADMIN not in key.scopes:
+        elif needed not in key.scopes and ApiScope.ADMIN not in key.scopes:
             response = error_response(ErrorCode.FORBIDDEN, f"API key {key.name!r} lacks the"
                                       f" {needed.value} scope of this route", "authorization")
         else:
-            wait = key.bucket.take() if key.bucket is not None else 0.0
+            if key.bucket is None:
+                await self.app(scope, receive, send)
+                return
+            wait = key.bucket.take()
             if wait <= 0.0:
                 await self.app(scope, receive, send)
                 return
             response = error_response(
                 ErrorCode.RATE_LIMITED, f"API key {key.name!r} is over its rate of"
-                f" {key.bucket.rate:g} requests/s" if key.bucket else "rate limited", None,
+                f" {key.bucket.rate:g} requests/s; retry after Retry-After seconds", None,
                 headers={"Retry-After": str(max(1, math.ceil(wait)))})
         await response(scope, receive, send)

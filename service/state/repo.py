@@ -19,11 +19,15 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
+    ClusterDownError,
     ExecAbortError,
+    MasterDownError,
+    NoPermissionError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -254,16 +258,15 @@ def unavailable_reason(error: BaseException) -> str | None:
         return "read_only"
     if isinstance(error, OutOfMemoryError):
         return "full"
-    if isinstance(error, (RedisConnectionError, RedisTimeoutError)):
-        return "unavailable"
+    if isinstance(error, (RedisConnectionError, RedisTimeoutError, ClusterDownError,
+                          TryAgainError, MasterDownError, NoPermissionError, ExecAbortError)):
+        return "unavailable"  # (redis-py strips the reply prefix of these classes)
     if isinstance(error, ResponseError):
         message = str(error)
         for prefix, reason in _UNAVAILABLE_REPLIES.items():
             # the prefix starts the reply, or follows a script's "...: " wrapper
             if message.startswith(prefix + " ") or f" {prefix} " in message or message == prefix:
                 return reason
-        if isinstance(error, ExecAbortError):
-            return "unavailable"
     return None
 
 

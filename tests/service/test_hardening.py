@@ -394,3 +394,34 @@ async def test_a_503_during_a_stall_is_resolved_by_asking_then_retrying_once(
     assert retried.status_code == 200
     assert retried.json()["applied"] is (not status["applied"])  # applied exactly once
     assert snapshot.position == 2 and snapshot.event_ids == ["e0", "during-stall"]
+
+
+@pytest.mark.parametrize("error,reason", [
+    ("ReadOnlyError", "read_only"), ("OutOfMemoryError", "full"),
+    ("BusyLoadingError", "unavailable"), ("ClusterDownError", "unavailable"),
+    ("TryAgainError", "unavailable"), ("MasterDownError", "unavailable"),
+    ("NoPermissionError", "unavailable"), ("AuthenticationError", "unavailable"),
+    ("ExecAbortError", "unavailable"), ("ConnectionError", "unavailable"),
+    ("TimeoutError", "unavailable")])
+def test_every_redis_error_class_has_a_reason(error, reason):
+    """The classes redis-py parses replies into (their prefix stripped from the message)."""
+    import redis.exceptions
+
+    from service.state.repo import unavailable_reason
+
+    assert unavailable_reason(getattr(redis.exceptions, error)("message")) == reason
+
+
+@pytest.mark.parametrize("message,reason", [
+    ("BUSY Redis is busy running a script", "unavailable"),
+    ("MISCONF Errors writing to the AOF file", "unavailable"),
+    ("NOREPLICAS Not enough good replicas to write", "unavailable"),
+    ("Error in script: OOM command not allowed", "full"),
+    ("WRONGTYPE Operation against a key holding the wrong kind of value", None),
+    ("ERR unknown command", None)])
+def test_reply_prefixes_without_a_class_have_a_reason(message, reason):
+    from redis.exceptions import ResponseError
+
+    from service.state.repo import unavailable_reason
+
+    assert unavailable_reason(ResponseError(message)) == reason

@@ -24,13 +24,14 @@ def version_of(artifact) -> str:
     return str(Manifest.load(artifact).model_version)
 
 
+@pytest.mark.parametrize("coalesce", [False, True], ids=["one-apply-each", "coalesced"])
 async def test_rollover_under_load_loses_nothing_and_moves_every_touched_state(
-        make_settings, artifacts, tmp_path):
+        make_settings, artifacts, tmp_path, coalesce):
     live = tmp_path / "artifact"
     shutil.copytree(artifacts["main"], live)
     old, new = version_of(artifacts["main"]), version_of(artifacts["other"])
     assert old != new
-    settings = make_settings(artifact_dir=live)
+    settings = make_settings(artifact_dir=live, coalesce=coalesce)
     rebuilds = metric("cmnrec_state_rebuilds_total", reason="version_mismatch")
     reloads = metric("cmnrec_model_reloads_total")
     answers: list[tuple[float, float, str, int, dict]] = []  # start, end, user, status, body

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from service.http.api.deps import (
     CoalescerDep,
@@ -69,7 +69,7 @@ def check_answer_size(n: int, events: int, settings: Settings) -> None:
 @router.post(Route.EVENTS.value, response_model=EventOut, response_model_exclude_none=True,
              responses=ERROR_RESPONSES, summary="Apply one interaction")
 async def post_event(body: EventIn, params: RecommendationParamsDep, store: StoreDep,
-                     coalescer: CoalescerDep, settings: SettingsDep) -> EventOut:
+                     coalescer: CoalescerDep, settings: SettingsDep, request: Request) -> EventOut:
     """Applies the event to the user's state (exactly once per event_id) and answers the top-n
     next items after it. Concurrent requests are applied together in one batch (settings.coalesce);
     `latency_ms.queue` is the wait for that batch, the stage figures are the batch's."""
@@ -87,7 +87,10 @@ async def post_event(body: EventIn, params: RecommendationParamsDep, store: Stor
     try:
         outcome = await coalescer.submit(event, n=params.n, exclude_seen=params.exclude_seen)
     except CoalescerClosed:
-        raise ApiError(ErrorCode.NOT_READY, "the service is starting or stopping") from None
+        current = request.app.state.coalescer  # a model reload replaced the coalescer meanwhile
+        if current is None or current is coalescer:
+            raise ApiError(ErrorCode.NOT_READY, "the service is starting or stopping") from None
+        outcome = await current.submit(event, n=params.n, exclude_seen=params.exclude_seen)
     return event_out(outcome.result, latency_ms(outcome.result.timings,
                                                 time.perf_counter() - started,
                                                 outcome.queue_seconds))
