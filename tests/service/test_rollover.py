@@ -113,3 +113,17 @@ async def test_sighup_reloads_the_model(make_settings, artifacts, tmp_path):
     assert before == version_of(artifacts["main"])
     assert posted.json()["model_version"] == version_of(artifacts["other"])
     assert signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None)  # removed on shutdown
+
+
+async def test_a_broken_artifact_is_refused_and_the_old_model_keeps_serving(make_settings,
+                                                                           artifacts, tmp_path):
+    live = tmp_path / "artifact"
+    shutil.copytree(artifacts["main"], live)
+    async with serving(make_settings(artifact_dir=live)) as client:
+        (live / "manifest.json").write_text("{not json")
+        refused = await client.post("/v1/admin/model/reload")
+        posted = await client.post("/v1/events", json={"user_id": "u", "item_id": ITEMS[0],
+                                                       "event_id": "e"})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["code"] == "validation_error"
+    assert posted.json()["model_version"] == version_of(artifacts["main"])
