@@ -31,6 +31,8 @@ def served(artifacts, redis_url):
     yield process, prefix
     process.stop()
     delete_prefix(redis_url, prefix)
+    log = process.output()
+    assert "unhandled error" not in log and "Traceback" not in log, log  # no 500 in its log
 
 
 def sample(text: str, name: str, **labels: str) -> float:
