@@ -2,8 +2,8 @@
 embedded Redis, a tiny random-weight model), with the body limit on.
 
 For a body announced by Content-Length and for a chunked body (no length): the time until the 413,
-the bytes the client got to send, the server's peak RSS (sampled every 10 ms) against its RSS before,
-and the slowest /healthz answer while it happened. Writes bench/results/hardening.json and .md.
+the bytes the client got to send, the server's peak RSS (sampled every 10 ms) against its RSS
+before, and the slowest /healthz answer while it happened. Writes bench/results/hardening.json and .md.
 
     python -m bench.hardening [--megabytes 100]
 """
@@ -91,7 +91,7 @@ def send(url: str, total: int, chunked: bool) -> dict[str, Any]:
     sent = 0
 
     def body() -> Any:
-        """Exactly `total` bytes: a batch's opening, then blanks (never parsed if the limit holds)."""
+        """Exactly `total` bytes: a batch's opening, then blanks (never parsed under the limit)."""
         nonlocal sent
         head = b'{"events": ['
         sent += len(head)

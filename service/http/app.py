@@ -115,8 +115,10 @@ async def reload_model(app: FastAPI) -> tuple[str, str]:
         new_engine = await asyncio.to_thread(_load_engine, settings)
         old_coalescer = app.state.coalescer
         app.state.store = StateStore.from_settings(app.state.redis, new_engine, settings)
-        app.state.coalescer = (EventCoalescer(app.state.store, max_batch=settings.coalesce_max_batch)
-                               if settings.coalesce else None)
+        app.state.coalescer = None
+        if settings.coalesce:
+            app.state.coalescer = EventCoalescer(app.state.store,
+                                                 max_batch=settings.coalesce_max_batch)
         if old_coalescer is not None:
             await old_coalescer.aclose()  # answers what it had queued, on the old model
         metrics.MODEL_RELOADS_TOTAL.inc()

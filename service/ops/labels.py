@@ -36,7 +36,8 @@ class Method(str, Enum):
 ROUTE_METHODS: dict[Route, tuple[Method, ...]] = {
     Route.EVENTS: (Method.POST,), Route.EVENTS_BATCH: (Method.POST,),
     Route.USER_RECOMMENDATIONS: (Method.GET,), Route.USER: (Method.DELETE,),
-    Route.USER_EVENT: (Method.GET,), Route.MODEL: (Method.GET,), Route.MODEL_RELOAD: (Method.POST,), Route.HEALTHZ: (Method.GET,), Route.READYZ: (Method.GET,),
+    Route.USER_EVENT: (Method.GET,), Route.MODEL: (Method.GET,),
+    Route.MODEL_RELOAD: (Method.POST,), Route.HEALTHZ: (Method.GET,), Route.READYZ: (Method.GET,),
     Route.METRICS: (Method.GET,), Route.OTHER: (Method.GET,),
 }
 

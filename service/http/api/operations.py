@@ -18,9 +18,9 @@ async def healthz() -> StatusOut:
 
 
 @router.get(Route.READYZ.value, response_model=StatusOut, summary="Readiness",
-            responses={503: {"description": "not_ready: artifact not loaded; state_store_unavailable,"
-                                            " state_store_read_only, state_store_full: Redis"
-                                            " does not accept writes"}})
+            responses={503: {"description": "not_ready: artifact not loaded;"
+                                            " state_store_unavailable, state_store_read_only,"
+                                            " state_store_full: Redis does not accept writes"}})
 async def readyz(request: Request) -> JSONResponse | StatusOut:
     store = getattr(request.app.state, "store", None)
     if store is None:
