@@ -1,6 +1,6 @@
 """The OpenAPI document says what the service enforces: the limits that come from Settings (largest
-n, id lengths, batch size, body size) are written into the generated schema, with the id rule
-(service/state/domain.py validate_id) as a pattern."""
+n, id lengths, batch size, body size, whether event_id is required) are written into the generated
+schema, with the id rule (service/state/domain.py validate_id) as a pattern."""
 from __future__ import annotations
 
 from typing import Any
@@ -38,6 +38,10 @@ def _id_schema(target: dict[str, Any], settings: Settings) -> None:
 
 def _add_limits(schema: dict[str, Any], settings: Settings) -> None:
     components = schema.get("components", {}).get("schemas", {})
+    if settings.require_event_id and "EventIn" in components:
+        required = components["EventIn"].setdefault("required", [])
+        if "event_id" not in required:
+            required.append("event_id")
     event_in = components.get("EventIn", {}).get("properties", {})
     for name in ID_FIELDS:
         prop = event_in.get(name)

@@ -346,7 +346,8 @@ def test_worker_metrics_listen_on_loopback_by_default(make_settings):
 # -- probe 9: the OpenAPI document says what is enforced ----------------------------------------------------
 async def test_openapi_states_the_enforced_limits_and_timestamp_false_is_refused(make_settings,
                                                                                 engine):
-    async with serving(make_settings(max_n=50, max_id_length=64, max_batch_size=7),
+    async with serving(make_settings(max_n=50, max_id_length=64, max_batch_size=7,
+                                     require_event_id=True),
                        engine) as client:
         spec = (await client.get("/openapi.json")).json()
         false_ts = await client.post("/v1/events", json={"user_id": "u", "item_id": ITEM,
@@ -359,6 +360,7 @@ async def test_openapi_states_the_enforced_limits_and_timestamp_false_is_refused
     assert n["schema"]["maximum"] == 50 and n["schema"]["minimum"] == 0
     user_id = spec["components"]["schemas"]["EventIn"]["properties"]["user_id"]
     assert user_id["maxLength"] == 64 and user_id["minLength"] == 1 and "pattern" in user_id
+    assert "event_id" in spec["components"]["schemas"]["EventIn"]["required"]
     assert spec["components"]["schemas"]["BatchIn"]["properties"]["events"]["maxItems"] == 7
     path_user = next(p for p in spec["paths"]["/v1/users/{user_id}"]["delete"]["parameters"]
                      if p["name"] == "user_id")
