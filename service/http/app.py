@@ -22,9 +22,9 @@ from service.http.errors import install_error_handlers
 from service.http.limits import BodyLimitMiddleware
 from service.http.middleware import RequestMetricsMiddleware
 from service.http.openapi import documented_limits
-from service.ops.supervision import die_with_parent
 from service.ops import metrics
 from service.ops.settings import Settings
+from service.ops.supervision import die_with_parent
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """The stream worker's HTTP endpoint: GET /metrics (Prometheus) and GET /healthz (the loop is alive).
 
-/healthz answers 200 while the worker's loop went round within `max_loop_age_s` (a loop stuck on
-a dead Redis or a hung batch answers 503), with the partitions set aside as broken in the body:
+/healthz answers 200 while the worker's loop went round without an error within `max_loop_age_s`
+(Redis down, every batch failing or a hung batch answer 503), with the partitions set aside as
+broken in the body:
 a broken partition is reported there but does not fail the check, because the other partitions
 still flow. Listens on settings.worker_metrics_host (127.0.0.1 by default: nothing is published
 to the network unless asked for).

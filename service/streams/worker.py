@@ -7,8 +7,9 @@ acknowledge). A failed batch (Redis down, conflicts) is not acknowledged: the wo
 reclaims its own entries, in order, before reading anything new. On stop, the batch in flight is
 finished and the leases are handed back. A partition whose stream key has the wrong Redis type is
 set aside (service/streams/partitions.py find_broken) so that it does not stop the others.
-`last_loop` (monotonic) says when the loop last went round: the worker's /healthz
-(service/streams/health.py) fails when it is stale.
+`last_loop` (monotonic) says when the loop last went round without an error: the worker's
+/healthz (service/streams/health.py) fails when it is stale (Redis down, every batch failing, a
+hung batch).
 """
 from __future__ import annotations
 
@@ -94,9 +95,9 @@ class StreamWorker:
         keepalive = asyncio.create_task(self._keep_leases(stop))
         try:
             while not stop.is_set():
-                self._mark_loop()
                 try:
                     handled = await self.run_once()
+                    self._mark_loop()  # a full round without error: the worker makes progress
                 except RETRYABLE_ERRORS as error:
                     if isinstance(error, ResponseError) and "WRONGTYPE" in str(error):
                         await self._set_aside_broken()

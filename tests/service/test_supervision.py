@@ -181,3 +181,36 @@ async def test_an_entry_in_the_wrong_partition_and_a_corrupt_user_are_dead_lette
     finally:
         await client.aclose()
         sync.close()
+
+
+async def test_the_worker_health_check_fails_while_redis_is_down(make_settings, engine):
+    from service.ops.redis_server import EmbeddedRedis
+
+    def healthz(port: int) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+                return answer.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    with EmbeddedRedis() as server:
+        settings = make_settings(redis_url=server.url, stream_partitions=PARTITIONS,
+                                 redis_timeout_seconds=0.5)
+        client = open_redis(server.url, settings)
+        worker = make_worker(client, settings, engine, "w-down")
+        health = WorkerHealthServer("127.0.0.1", 0, loop_status(worker, max_loop_age_s=1.0))
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await asyncio.sleep(0.5)
+            up = healthz(health.port)
+            server.stop()
+            await asyncio.sleep(2.0)
+            down = healthz(health.port)
+        finally:
+            stop.set()
+            await task
+            health.close()
+            await client.aclose()
+    assert (up, down) == (200, 503)
+    assert worker.totals.failed_batches == 0  # no batch was in flight: the reads failed
