@@ -215,7 +215,8 @@ def show_next_steps(url: str, user: str, history: list[str], console: Console,
                   soft_wrap=True)
     console.print(f"  curl -s -X POST '{url}/v1/events/batch?n=3' -H 'content-type: "
                   f"application/json' -d '{{\"events\": [{{\"user_id\": \"42\", \"item_id\": "
-                  f"\"50\"}}, {{\"user_id\": \"43\", \"item_id\": \"181\"}}]}}'", soft_wrap=True)
+                  f"\"50\", \"event_id\": \"b-1\"}}, {{\"user_id\": \"43\", \"item_id\": "
+                  f"\"181\", \"event_id\": \"b-2\"}}]}}'", soft_wrap=True)
     console.print(f"  curl -s {url}/v1/model   |   {url}/docs   |   curl -s {url}/metrics",
                   soft_wrap=True)
     console.print(f"  Serve a model yourself: cmnrec serve --artifact {artifact} "

@@ -33,9 +33,12 @@ def serve(
 
     Per-user state lives in the Redis at $REDIS_URL; without REDIS_URL a private redis-server is
     started for the lifetime of the command (nothing persists). Ctrl-C or SIGTERM stops the
-    workers, then that Redis: nothing is left running.
+    workers, then that Redis: nothing is left running. API keys: $CMNREC_API_KEYS or
+    $CMNREC_API_KEYS_FILE (required on a non-loopback --host; README "Security").
     """
     from pydantic import ValidationError
+
+    from service.http.auth import AuthConfigError, check_access
 
     from service.http.runner import run_uvicorn
     from service.ops.redis_server import (
@@ -54,6 +57,10 @@ def serve(
                             workers=workers, engine_threads=engine_threads, log_level=log_level)
     except ValidationError as error:
         raise typer.BadParameter(str(error)) from error
+    try:
+        check_access(settings)  # the workers would refuse to start: say it once, here
+    except AuthConfigError as error:
+        raise typer.BadParameter(str(error), param_hint="--host") from error
     try:
         with redis_url_or_embedded(settings) as redis_url:
             if not settings.redis_url:

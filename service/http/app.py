@@ -6,8 +6,10 @@ does), with every setting read from the environment (service/ops/settings.py).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,11 +17,15 @@ from typing import Any
 from fastapi import FastAPI
 
 from service.http.api import events, model, operations, users
+from service.http.auth import AuthConfigError, AuthMiddleware, check_access
 from service.http.errors import install_error_handlers
+from service.http.limits import BodyLimitMiddleware
 from service.http.middleware import RequestMetricsMiddleware
+from service.http.openapi import documented_limits
 from service.ops import metrics
 from service.ops.heap import freeze_startup_heap
 from service.ops.settings import Settings
+from service.ops.supervision import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,10 @@ def create_app(settings: Settings | None = None, *, engine: Any | None = None) -
     """Build the app. `engine`: an already loaded StepEngine (tests share one); by default the
     lifespan loads settings.artifact_dir."""
     settings = settings or Settings()
+    try:
+        keys = check_access(settings)
+    except AuthConfigError as error:
+        raise ConfigurationError(str(error)) from error
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,9 +62,14 @@ def create_app(settings: Settings | None = None, *, engine: Any | None = None) -
         log.debug("froze %d start-up objects", freeze_startup_heap())
         log.info("serving model %s (%s, rule %s) from %s", step_engine.version,
                  step_engine.config.model, step_engine.config.rule, settings.artifact_dir)
+        app.state.redis = redis
+        app.state.reload_lock = asyncio.Lock()
+        hup = _install_sighup(app)
         try:
             yield
         finally:
+            if hup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if app.state.coalescer is not None:
                 await app.state.coalescer.aclose()  # answer everything queued before closing Redis
             app.state.coalescer = None
@@ -73,10 +88,63 @@ def create_app(settings: Settings | None = None, *, engine: Any | None = None) -
     app.state.store = None
     app.state.coalescer = None
     install_error_handlers(app)
+    # Outermost last: metrics see every answer, auth runs before the body is read, the body limit
+    # before anything parses it.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthMiddleware, keys=keys, metrics_public=settings.metrics_public)
     app.add_middleware(RequestMetricsMiddleware)
     for router in (events.router, users.router, model.router, operations.router):
         app.include_router(router)
+    documented_limits(app, settings)
     return app
+
+
+async def reload_model(app: FastAPI) -> tuple[str, str]:
+    """Swap in the artifact now in settings.artifact_dir without a restart; (old, new) version.
+
+    Requests already running keep the store (and engine) they started with and finish on the old
+    model; new requests get the new store. States stored by the old version are rebuilt lazily,
+    when their user is next touched (cmnrec_state_rebuilds_total{reason="version_mismatch"}).
+    """
+    from service.http.coalescer import EventCoalescer
+    from service.state.store import StateStore
+
+    settings: Settings = app.state.settings
+    async with app.state.reload_lock:
+        old_store = app.state.store
+        if old_store is None:
+            raise RuntimeError("the service is not running")
+        new_engine = await asyncio.to_thread(_load_engine, settings)
+        old_coalescer = app.state.coalescer
+        app.state.store = StateStore.from_settings(app.state.redis, new_engine, settings)
+        app.state.coalescer = None
+        if settings.coalesce:
+            app.state.coalescer = EventCoalescer(app.state.store,
+                                                 max_batch=settings.coalesce_max_batch)
+        if old_coalescer is not None:
+            await old_coalescer.aclose()  # answers what it had queued, on the old model
+        metrics.MODEL_RELOADS_TOTAL.inc()
+        log.info("model reloaded: %s -> %s", old_store.model_version, new_engine.version)
+        return old_store.model_version, str(new_engine.version)
+
+
+def _install_sighup(app: FastAPI) -> bool:
+    """SIGHUP to this process reloads the model (uvicorn's multi-worker supervisor answers SIGHUP
+    itself by restarting its workers gracefully, which loads the new artifact too)."""
+    if not hasattr(signal, "SIGHUP"):
+        return False
+    loop = asyncio.get_running_loop()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload_model(app))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or log.error(
+            "model reload on SIGHUP failed: %s", t.exception()))
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    except (RuntimeError, ValueError):  # not the main thread (BackgroundServer, tests)
+        return False
+    return True
 
 
 def _load_engine(settings: Settings) -> Any:
@@ -86,5 +154,7 @@ def _load_engine(settings: Settings) -> Any:
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory: every setting from the environment."""
+    """uvicorn factory (run in each worker process): every setting from the environment. The
+    worker asks Linux to stop it when its parent (`cmnrec serve` or uvicorn's supervisor) dies."""
+    die_with_parent()
     return create_app(Settings())

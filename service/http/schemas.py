@@ -38,9 +38,11 @@ class EventIn(BaseModel):
     user_id: Id
     item_id: Id = Field(description="external item id, as in the model's vocabulary")
     event_id: Id | None = Field(
-        None, description="unique per user; repeating it is a no-op (applied=false)")
-    timestamp: float | None = Field(None, allow_inf_nan=False,
-                                    description="seconds since the epoch (informative)")
+        None, description="unique per user; repeating it is a no-op (applied=false). Required"
+                          " unless the service runs with require_event_id=false")
+    timestamp: float | None = Field(None, allow_inf_nan=False, strict=True,
+                                    description="seconds since the epoch (informative); a JSON"
+                                                " number, never true/false or a string")
 
 
 class BatchIn(BaseModel):
@@ -83,6 +85,20 @@ class UserRecommendationsOut(BaseModel):
     model_version: str
     recommendations: list[RecommendationOut]
     latency_ms: dict[str, float]
+
+
+class EventStatusOut(BaseModel):
+    user_id: str
+    event_id: str
+    applied: bool = Field(description="the event id is among the user's most recent `window` event"
+                                      " ids: it was applied (exactly once). false: not applied, or"
+                                      " older than the window")
+    window: int = Field(description="event ids remembered per user (settings.event_id_window)")
+
+
+class ReloadOut(BaseModel):
+    previous_version: str
+    model_version: str
 
 
 class DeletedOut(BaseModel):

@@ -13,10 +13,12 @@ class Route(str, Enum):
 
     EVENTS = "/v1/events"
     EVENTS_BATCH = "/v1/events/batch"
-    # `:path` lets a user id hold a "/" (sent as %2F, which ASGI servers decode before routing)
-    USER_RECOMMENDATIONS = "/v1/users/{user_id:path}/recommendations"
-    USER = "/v1/users/{user_id:path}"
+    # ids hold no "/" (service/state/domain.py validate_id), so one path segment is one id
+    USER_RECOMMENDATIONS = "/v1/users/{user_id}/recommendations"
+    USER = "/v1/users/{user_id}"
+    USER_EVENT = "/v1/users/{user_id}/events/{event_id}"
     MODEL = "/v1/model"
+    MODEL_RELOAD = "/v1/admin/model/reload"
     HEALTHZ = "/healthz"
     READYZ = "/readyz"
     METRICS = "/metrics"
@@ -34,7 +36,8 @@ class Method(str, Enum):
 ROUTE_METHODS: dict[Route, tuple[Method, ...]] = {
     Route.EVENTS: (Method.POST,), Route.EVENTS_BATCH: (Method.POST,),
     Route.USER_RECOMMENDATIONS: (Method.GET,), Route.USER: (Method.DELETE,),
-    Route.MODEL: (Method.GET,), Route.HEALTHZ: (Method.GET,), Route.READYZ: (Method.GET,),
+    Route.USER_EVENT: (Method.GET,), Route.MODEL: (Method.GET,),
+    Route.MODEL_RELOAD: (Method.POST,), Route.HEALTHZ: (Method.GET,), Route.READYZ: (Method.GET,),
     Route.METRICS: (Method.GET,), Route.OTHER: (Method.GET,),
 }
 
@@ -78,14 +81,24 @@ class ErrorCode(str, Enum):
     UNKNOWN_ITEM = "unknown_item"
     EMPTY_ID = "empty_id"
     ID_TOO_LONG = "id_too_long"
+    INVALID_ID = "invalid_id"  # a control character, lone surrogate, '{', '}' or '/'
+    EVENT_ID_REQUIRED = "event_id_required"  # settings.require_event_id and none given
     N_OUT_OF_RANGE = "n_out_of_range"
     MALFORMED_JSON = "malformed_json"
     BATCH_TOO_LARGE = "batch_too_large"
+    BODY_TOO_LARGE = "body_too_large"  # more bytes than settings.max_body_bytes (not parsed)
+    ANSWER_TOO_LARGE = "answer_too_large"  # n x events over settings.max_answer_items
     VALIDATION_ERROR = "validation_error"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     STATE_CONFLICT = "state_conflict"
     STATE_STORE_UNAVAILABLE = "state_store_unavailable"
+    STATE_STORE_READ_ONLY = "state_store_read_only"  # Redis is a replica (failover under way)
+    STATE_STORE_FULL = "state_store_full"  # Redis reached maxmemory (noeviction)
+    STATE_CORRUPT = "state_corrupt"  # a user's keys hold the wrong Redis type
+    UNAUTHORIZED = "unauthorized"  # no API key, or an unknown one
+    FORBIDDEN = "forbidden"  # the key lacks the route's scope
+    RATE_LIMITED = "rate_limited"  # the key's request rate is over its limit
     NOT_READY = "not_ready"
     INTERNAL_ERROR = "internal_error"
 
@@ -95,3 +108,5 @@ class DeadLetterReason(str, Enum):
 
     MALFORMED = "malformed"  # a field missing, empty, too long, not UTF-8, or a bad timestamp
     UNKNOWN_ITEM = "unknown_item"  # the item is not in the model's vocabulary
+    WRONG_PARTITION = "wrong_partition"  # the user's partition is not the stream it was read from
+    STATE_CORRUPT = "state_corrupt"  # the user's keys hold the wrong Redis type

@@ -66,6 +66,9 @@ BATCH_SIZE_EVENTS = Histogram(
 ENGINE_BATCH_ROWS = Histogram(
     "cmnrec_engine_batch_rows", "Users stepped together in one batched engine call",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
+MODEL_RELOADS_TOTAL = Counter(
+    "cmnrec_model_reloads_total", "Model artifacts swapped in without a restart (SIGHUP or"
+    " POST /v1/admin/model/reload); states of the old version are rebuilt lazily")
 ERRORS_TOTAL = Counter(
     "cmnrec_errors_total", "Error answers by error code", ["code"])
 
@@ -143,6 +146,14 @@ WORKER_STREAM_LAG_ENTRIES = Gauge(
 WORKER_PENDING_ENTRIES = Gauge(
     "cmnrec_worker_pending_entries", "Entries of a partition delivered but not yet acknowledged",
     ["partition"], multiprocess_mode="max")
+WORKER_BROKEN_PARTITIONS = Gauge(
+    "cmnrec_worker_broken_partitions", "1 while an owned partition is set aside because its stream"
+    " key holds another Redis type (the other partitions keep flowing)", ["partition"],
+    multiprocess_mode="max")
+WORKER_LOOP_TIMESTAMP_SECONDS = Gauge(
+    "cmnrec_worker_loop_timestamp_seconds", "When the stream worker's loop last completed an"
+    " iteration (Unix time); the worker's /healthz fails when it is older than a few seconds",
+    multiprocess_mode="max")
 WORKER_PARTITIONS_OWNED = Gauge(
     "cmnrec_worker_partitions_owned", "Partitions this worker holds the lease of",
     multiprocess_mode="max")

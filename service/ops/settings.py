@@ -90,6 +90,30 @@ class Settings(BaseSettings):
         0.5, gt=0, le=60, description="pause after a failed batch before reclaiming it")
     worker_metrics_port: int = Field(9100, ge=0, le=65535,
                                      description="port of the stream worker's /metrics; 0 = none")
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="interface of the stream worker's /metrics (0.0.0.0: all)")
+
+    # hardening (issue 12): access control, load protection, safe retries (README "Security")
+    api_keys: str | None = Field(
+        None, description="API keys, ';'-separated entries `name scopes key [requests/s]` (scopes"
+                          " comma-separated: events:write, recommendations:read, admin; key in"
+                          " clear or as sha256:<hex>); none and no file = anonymous access")
+    api_keys_file: Path | None = Field(None, description="file of API keys, one entry a line")
+    allow_anonymous: bool = Field(
+        False, description="serve without API keys on a non-loopback host (keys are otherwise"
+                           " required there; on 127.0.0.1/::1/localhost no keys = open)")
+    rate_limit_per_second: float = Field(
+        100.0, ge=0, description="requests per second per API key and worker (0 = no limit);"
+                                 " an entry's own figure wins")
+    rate_limit_burst: int = Field(200, ge=1, description="requests a key may send at once")
+    metrics_public: bool = Field(False, description="/metrics without a key when keys are set")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024,
+                                description="largest request body, refused before parsing")
+    max_answer_items: int = Field(20_000, ge=1,
+                                  description="largest n x events of one answer (recommendations)")
+    require_event_id: bool = Field(
+        True, description="POST /v1/events(/batch) without event_id answers 422 (false: such an"
+                          " event is applied once per request, and a retry applies it again)")
 
     @property
     def cache_users(self) -> int:

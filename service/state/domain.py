@@ -13,7 +13,7 @@ from typing import Any
 class InvalidEvent(ValueError):
     """An id or field that cannot be accepted; `code` says why, `field` names the culprit.
 
-    code: empty_id | id_too_long | malformed.
+    code: empty_id | id_too_long | invalid_id | malformed.
     """
 
     def __init__(self, code: str, field: str, message: str) -> None:
@@ -21,10 +21,20 @@ class InvalidEvent(ValueError):
         self.code, self.field, self.message = code, field, message
 
 
-def validate_id(value: Any, field: str, max_length: int | None = None) -> str:
-    """The one id rule of the service: a non-blank UTF-8 string of at most `max_length` characters.
+# Characters no id may hold: `{` and `}` would move the Redis Cluster hash tag of the user's keys
+# (`PREFIX:{<user>}:state`), so one user's keys would land in different slots; `/` would make
+# `/v1/users/{user_id}/...` ambiguous (DELETE /v1/users/x/recommendations: user "x/recommendations"
+# or the recommendations of "x"?), and ASGI servers decode %2F before routing.
+FORBIDDEN_ID_CHARACTERS = frozenset("{}/")
 
-    Integers are accepted as ids (MovieLens ids are numbers in JSON); bytes must decode as UTF-8.
+
+def validate_id(value: Any, field: str, max_length: int | None = None) -> str:
+    """The one id rule of the service (HTTP bodies, URL paths and stream entries alike).
+
+    An id is a non-blank string of at most `max_length` characters that encodes as UTF-8 (no lone
+    surrogate), holds no control character (Unicode category Cc: newline, tab, NUL, DEL...) and
+    none of `{`, `}`, `/`. Integers are accepted as ids (MovieLens ids are numbers in JSON); bytes must
+    decode as UTF-8. Whatever passes can be written, read and deleted over HTTP and the streams.
     Raises InvalidEvent naming `field`.
     """
     if isinstance(value, int) and not isinstance(value, bool):
@@ -41,7 +51,18 @@ def validate_id(value: Any, field: str, max_length: int | None = None) -> str:
     if max_length is not None and len(value) > max_length:
         raise InvalidEvent("id_too_long", field,
                            f"{len(value)} characters, at most {max_length} allowed")
+    for position, char in enumerate(value):
+        if char in FORBIDDEN_ID_CHARACTERS or not _printable(char):
+            raise InvalidEvent("invalid_id", field,
+                               f"character {char!r} at position {position} is not allowed in an id"
+                               " (no control characters, lone surrogates, '{', '}' or '/')")
     return value
+
+
+def _printable(char: str) -> bool:
+    """Not a control character (C0, DEL, C1) and not a surrogate code point."""
+    code = ord(char)
+    return not (code < 0x20 or 0x7F <= code < 0xA0 or 0xD800 <= code < 0xE000)
 
 
 @dataclass(frozen=True)
@@ -106,7 +127,24 @@ class UnknownItemError(ValueError):
 
 
 class StateStoreUnavailable(RuntimeError):
-    """Redis did not answer (down, unreachable, loading, read-only...)."""
+    """Redis cannot serve now. `reason`: unavailable (down, unreachable, loading, busy...),
+    read_only (a replica, e.g. during a failover) or full (maxmemory reached under noeviction)."""
+
+    def __init__(self, message: str, reason: str = "unavailable") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class UserStateCorrupt(RuntimeError):
+    """A user's keys hold values of the wrong Redis type (e.g. a string where a list belongs).
+
+    Nothing was applied for these users; deleting the user (DELETE /v1/users/{id}) resets them.
+    """
+
+    def __init__(self, user_ids: list[str]) -> None:
+        super().__init__(f"the stored keys of user(s) {user_ids!r} have the wrong Redis type;"
+                         " delete the user to reset its state")
+        self.user_ids = user_ids
 
 
 class StateConflictError(RuntimeError):

@@ -1,29 +1,50 @@
 """The Redis round trips of the state store: reads, compare-and-set, snapshot, delete.
 
-Every call maps Redis trouble to StateStoreUnavailable (connection lost, timeout, or a reply that
-means "cannot serve now": read-only replica, out of memory, loading...); NOSCRIPT is handled by
-service/state/lua.py. The algorithm that decides what to write is service/state/store.py.
+Every call maps Redis trouble to StateStoreUnavailable with a reason (`unavailable`: connection lost,
+timeout, loading, busy...; `read_only`: a replica, e.g. during a failover; `full`: maxmemory reached
+under noeviction), and a WRONGTYPE reply about a user's keys to UserStateCorrupt naming the user;
+NOSCRIPT is handled by service/state/lua.py. After a connection error the pool's idle connections
+are dropped (they were opened to the same server and are likely dead too), so the next call opens a
+fresh one; reads (never writes: a lost reply of a write may have committed) are retried once on a
+connection error. The algorithm that decides what to write is service/state/store.py.
 """
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    ExecAbortError,
+    MasterDownError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.state import lua
-from service.state.domain import StateStoreUnavailable, UserSnapshot
+from service.state.domain import StateStoreUnavailable, UserSnapshot, UserStateCorrupt
 from service.state.keys import KeySchema, UserKeys
 
 T = TypeVar("T")
 
-_UNAVAILABLE_REPLIES = ("OOM", "READONLY", "MASTERDOWN", "LOADING", "CLUSTERDOWN", "TRYAGAIN",
-                        "BUSY", "NOREPLICAS", "MISCONF")
+# Reply prefixes meaning "Redis cannot serve now", for errors redis-py has no class for (or that
+# arrive inside a script's error message), with the reason they report.
+_UNAVAILABLE_REPLIES = {"OOM": "full", "READONLY": "read_only", "MASTERDOWN": "unavailable",
+                        "LOADING": "unavailable", "CLUSTERDOWN": "unavailable",
+                        "TRYAGAIN": "unavailable", "BUSY": "unavailable",
+                        "NOREPLICAS": "unavailable", "MISCONF": "unavailable",
+                        "NOPERM": "unavailable", "NOAUTH": "unavailable",
+                        "EXECABORT": "unavailable"}
+READ_RETRIES = 1  # extra attempts of an idempotent read after a connection error
 
 
 @dataclass
@@ -36,6 +57,7 @@ class UserRead:
     pos: str  # '' when absent
     recent: list[str] | None  # None when not read
     seen_event_ids: set[str]
+    user_id: str = ""
 
     @property
     def blob_check(self) -> bytes:
@@ -79,9 +101,13 @@ class StateRepo:
             if event_ids:
                 commands.append(lambda p, k=keys, ids=event_ids: lua.EVENT_IDS.queue(
                     p, [k.events], ids))
-        replies = self._checked(await self.call(lua.run_pipelined(self.redis, commands)))
+        owners: list[str] = []
+        for (user, _), (keys, event_ids) in zip(users, plans):
+            owners.extend([user] * (1 + need_recent + bool(event_ids)))
+        replies = self._checked(await self.read(lambda: lua.run_pipelined(self.redis, commands)),
+                                owners)
         reads, cursor = [], 0
-        for keys, event_ids in plans:
+        for (user, _), (keys, event_ids) in zip(users, plans):
             blob, version, pos = replies[cursor]
             cursor += 1
             recent = None
@@ -94,15 +120,19 @@ class StateRepo:
                 cursor += 1
             reads.append(UserRead(keys=keys, blob=blob, version=text(version) if version else "",
                                   pos=text(pos) if pos is not None else "", recent=recent,
-                                  seen_event_ids={e for e, hit in zip(event_ids, found) if hit}))
+                                  seen_event_ids={e for e, hit in zip(event_ids, found) if hit},
+                                  user_id=user))
         return reads
 
     async def read_recent(self, reads: Sequence[UserRead]) -> None:
         """Fill in `recent` of these reads (one round trip)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for read in reads:
-                pipe.lrange(read.keys.recent, 0, -1)
-            replies = await self.call(pipe.execute())
+        async def lrange_all() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for read in reads:
+                    pipe.lrange(read.keys.recent, 0, -1)
+                return await pipe.execute(raise_on_error=False)
+
+        replies = self._checked(await self.read(lrange_all), [r.user_id for r in reads])
         for read, reply in zip(reads, replies):
             read.recent = [text(x) for x in reply]
 
@@ -116,20 +146,34 @@ class StateRepo:
             for item_id, event_id in w.events:
                 args.extend((item_id, event_id))
             commands.append(lambda p, keys=list(w.read.keys), a=args: lua.CAS.queue(p, keys, a))
-        replies = self._checked(await self.call(lua.run_pipelined(self.redis, commands)))
+        replies = self._checked(await self.call(lua.run_pipelined(self.redis, commands)),
+                                [w.read.user_id for w in writes])
         return [int(reply[0]) for reply in replies]
 
     async def snapshot(self, user_id: str) -> UserSnapshot:
         """Everything stored for one user, read in one round trip."""
         keys = self.keys.user(user_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(keys.state).get(keys.version).get(keys.pos)
-            pipe.lrange(keys.recent, 0, -1).lrange(keys.events, 0, -1).ttl(keys.state)
-            blob, version, pos, recent, event_ids, ttl = await self.call(pipe.execute())
+
+        async def read_all() -> list[Any]:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.get(keys.state).get(keys.version).get(keys.pos)
+                pipe.lrange(keys.recent, 0, -1).lrange(keys.events, 0, -1).ttl(keys.state)
+                return await pipe.execute(raise_on_error=False)
+
+        replies = self._checked(await self.read(read_all), [user_id] * 6)
+        blob, version, pos, recent, event_ids, ttl = replies
         return UserSnapshot(state=blob, model_version=text(version) if version else None,
                             position=int(pos) if pos is not None else None,
                             recent_items=[text(x) for x in recent],
                             event_ids=[text(x) for x in event_ids], ttl_seconds=int(ttl))
+
+    async def event_applied(self, user_id: str, event_id: str) -> bool:
+        """Whether `event_id` is among the user's stored event ids (the de-duplication window)."""
+        keys = self.keys.user(user_id)
+        replies = self._checked(await self.read(lambda: lua.run_pipelined(
+            self.redis, [lambda p: lua.EVENT_IDS.queue(p, [keys.events], [event_id])])),
+            [user_id])
+        return bool(replies[0][0])
 
     async def delete(self, user_id: str) -> bool:
         """Remove everything stored for a user. True if there was anything."""
@@ -142,12 +186,38 @@ class StateRepo:
         except (RedisError, OSError):
             return False
 
+    async def writable(self, probe_key: str) -> str | None:
+        """None when Redis accepts a write now; else the reason (unavailable, read_only, full).
+
+        Writes a 1-byte key that expires after a second (readiness: a read-only replica or a full
+        Redis answers PING but refuses every event)."""
+        try:
+            await self.call(self.redis.set(probe_key, b"1", px=1000))
+        except StateStoreUnavailable as error:
+            return error.reason
+        except (RedisError, OSError):
+            return "unavailable"
+        return None
+
+    async def read(self, make: Callable[[], Awaitable[T]]) -> T:
+        """`call` for an idempotent read: retried (READ_RETRIES times) on a fresh connection when
+        the connection failed."""
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                return await self.call(make())
+            except StateStoreUnavailable as error:
+                if attempt == READ_RETRIES or not isinstance(
+                        error.__cause__, (RedisConnectionError, RedisTimeoutError, OSError)):
+                    raise
+        raise AssertionError("unreachable")
+
     async def call(self, awaitable: Awaitable[T]) -> T:
         """Await a Redis call; trouble that means "Redis cannot serve now" becomes
         StateStoreUnavailable."""
         try:
             return await awaitable
         except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError) as err:
+            await self._drop_idle_connections()
             raise StateStoreUnavailable(f"Redis unavailable: {err or type(err).__name__}") from err
         except lua.ScriptsLost as err:
             raise StateStoreUnavailable(str(err)) from err
@@ -155,21 +225,57 @@ class StateRepo:
             raise_unavailable_or(err)
             raise
 
+    async def _drop_idle_connections(self) -> None:
+        """After a connection error: close the pooled idle connections (opened to a server that
+        just failed), so the next calls connect afresh instead of failing one stale socket each."""
+        try:
+            await self.redis.connection_pool.disconnect(inuse_connections=False)
+        except (RedisError, OSError):
+            pass
+
     @staticmethod
-    def _checked(replies: list[Any]) -> list[Any]:
-        """Replies of a pipeline run with errors in place: raise the first error."""
+    def _checked(replies: list[Any], owners: Sequence[str] | None = None) -> list[Any]:
+        """Replies of a pipeline run with errors in place: raise UserStateCorrupt naming every
+        user (owners[i]: the user of reply i) whose keys have the wrong type, else the first
+        error (as StateStoreUnavailable when it means that)."""
+        corrupt = sorted({owners[i] for i, reply in enumerate(replies)
+                          if owners is not None and is_wrong_type(reply)})
+        if corrupt:
+            raise UserStateCorrupt(corrupt)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise_unavailable_or(reply)
         return replies
 
 
+def is_wrong_type(reply: Any) -> bool:
+    """A WRONGTYPE error reply (directly, or raised by a script's redis.call)."""
+    return isinstance(reply, ResponseError) and "WRONGTYPE" in str(reply)
+
+
+def unavailable_reason(error: BaseException) -> str | None:
+    """The StateStoreUnavailable reason of a Redis error, or None when it means something else."""
+    if isinstance(error, ReadOnlyError):
+        return "read_only"
+    if isinstance(error, OutOfMemoryError):
+        return "full"
+    if isinstance(error, (RedisConnectionError, RedisTimeoutError, ClusterDownError,
+                          TryAgainError, MasterDownError, NoPermissionError, ExecAbortError)):
+        return "unavailable"  # (redis-py strips the reply prefix of these classes)
+    if isinstance(error, ResponseError):
+        message = str(error)
+        for prefix, reason in _UNAVAILABLE_REPLIES.items():
+            # the prefix starts the reply, or follows a script's "...: " wrapper
+            if message.startswith(prefix + " ") or f" {prefix} " in message or message == prefix:
+                return reason
+    return None
+
+
 def raise_unavailable_or(error: Exception) -> None:
     """Raise StateStoreUnavailable for an error meaning 'Redis cannot serve now', else `error`."""
-    if isinstance(error, (RedisConnectionError, RedisTimeoutError)) or (
-            isinstance(error, ResponseError)
-            and str(error).split(" ", 1)[0] in _UNAVAILABLE_REPLIES):
-        raise StateStoreUnavailable(f"Redis unavailable: {error}") from error
+    reason = unavailable_reason(error)
+    if reason is not None:
+        raise StateStoreUnavailable(f"Redis {reason.replace('_', ' ')}: {error}", reason) from error
     raise error
 
 

@@ -7,6 +7,9 @@ Leases (service/streams/leases.py) decide which partitions are this worker's. He
    with XAUTOCLAIM once idle for `stream_claim_min_idle_ms` (above the p99 batch time, so a live
    worker's batch is never taken from it), before any new entry of that partition is read;
 3. otherwise XREADGROUP a batch of new entries from the owned partitions.
+A partition whose stream key holds another Redis type (WRONGTYPE) is set aside as broken: it is
+reported (log, cmnrec_worker_broken_partitions) and skipped, the other partitions keep flowing,
+and every heartbeat checks whether it was repaired.
 """
 from __future__ import annotations
 
@@ -50,6 +53,34 @@ class PartitionReader:
         self.draining: set[int] = set()  # owned partitions whose pending entries come first
         self._claim_cursor: dict[int, str] = {}
         self.next_heartbeat = 0.0
+        self.broken: dict[int, str] = {}  # owned partitions set aside: partition -> the key's type
+
+    async def find_broken(self, partitions: set[int] | None = None) -> dict[int, str]:
+        """Check the Redis type of these partitions' streams (default: owned and broken ones);
+        a stream key of another type marks its partition broken, a repaired one is taken back
+        (and drained first). Returns the newly broken partitions."""
+        candidates = sorted((self.owned | set(self.broken)) if partitions is None else partitions)
+        if not candidates:
+            return {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for partition in candidates:
+                pipe.type(self.keys.stream(partition))
+            types = [text(t) for t in await pipe.execute()]
+        newly: dict[int, str] = {}
+        for partition, kind in zip(candidates, types):
+            if kind in ("stream", "none"):
+                if self.broken.pop(partition, None) is not None:
+                    log.warning("worker %s: partition %d repaired", self.consumer, partition)
+                    self.drain({partition})
+                    metrics.WORKER_BROKEN_PARTITIONS.labels(str(partition)).set(0)
+            elif partition not in self.broken:
+                self.broken[partition] = kind
+                newly[partition] = kind
+                metrics.WORKER_BROKEN_PARTITIONS.labels(str(partition)).set(1)
+                log.error("worker %s: partition %d set aside: its stream key %s holds a %s, not"
+                          " a stream (fix or delete the key)", self.consumer, partition,
+                          self.keys.stream(partition), kind)
+        return newly
 
     @property
     def owned(self) -> set[int]:
@@ -78,7 +109,9 @@ class PartitionReader:
         if acquired:
             log.info("worker %s: took partitions %s", self.consumer, acquired)
         metrics.WORKER_PARTITIONS_OWNED.set(len(self.owned))
-        for partition in sorted(self.owned):
+        if self.broken:
+            await self.find_broken(set(self.broken))
+        for partition in sorted(self.owned - set(self.broken)):
             await self._observe(partition)
 
     async def renew(self) -> None:
@@ -144,7 +177,7 @@ class PartitionReader:
         """Entries pending in newly owned partitions, claimed once idle long enough, in id order."""
         entries: list[Entry] = []
         budget = self.settings.stream_batch_size
-        for partition in sorted(self.draining & self.owned):
+        for partition in sorted((self.draining & self.owned) - set(self.broken)):
             if budget <= 0:
                 break
             stream = self.keys.stream(partition)
@@ -170,7 +203,7 @@ class PartitionReader:
 
     async def read_new(self) -> list[Entry]:
         """XREADGROUP new entries from the owned partitions that are not being drained."""
-        ready = sorted(self.owned - self.draining)
+        ready = sorted(self.owned - self.draining - set(self.broken))
         if not ready:
             return []
         per_stream = max(1, self.settings.stream_batch_size // len(ready))

@@ -21,11 +21,11 @@ async def run_worker(settings: Settings, redis_url: str, *, consumer: str | None
     """Load the artifact, connect, and run one StreamWorker until SIGTERM/SIGINT (or `stop`).
 
     On a signal the batch in flight is finished and acknowledged, the leases are handed back, and
-    the connections are closed. metrics_port: serve /metrics there (0 or None: do not).
+    the connections are closed. metrics_port: serve /metrics and /healthz there (0 or None: do
+    not), on settings.worker_metrics_host (service/streams/health.py).
     """
-    from prometheus_client import start_http_server
-
     from model.engine import StepEngine
+    from service.streams.health import WorkerHealthServer, loop_status
 
     if settings.stream_block_ms >= settings.redis_timeout_seconds * 1000:
         raise ValueError(f"stream_block_ms: {settings.stream_block_ms} ms must be shorter than the "
@@ -38,21 +38,25 @@ async def run_worker(settings: Settings, redis_url: str, *, consumer: str | None
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
             installed.append(signum)
-    metrics_server = None
-    if metrics_port:
-        metrics_server, _thread = start_http_server(metrics_port)
-        log.info("worker metrics on :%d/metrics", metrics_port)
     client = open_redis(redis_url, settings)
+    health_server = None
     try:
         store = StateStore.from_settings(client, engine, settings)
         worker = StreamWorker(client, store, settings, consumer)
+        if metrics_port:
+            # stale after several block/backoff periods and a slow batch
+            max_age = max(10.0, 4 * settings.stream_retry_backoff_seconds,
+                          4 * settings.stream_block_ms / 1000, settings.stream_claim_min_idle_ms / 1000)
+            health_server = WorkerHealthServer(settings.worker_metrics_host, metrics_port,
+                                               loop_status(worker, max_age))
+            log.info("worker /metrics and /healthz on %s:%d", settings.worker_metrics_host,
+                     health_server.port)
         log.debug("froze %d start-up objects", freeze_startup_heap())
         await worker.run(stop)
         return worker.totals
     finally:
         await client.aclose()
-        if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
+        if health_server is not None:
+            health_server.close()
         for signum in installed:
             loop.remove_signal_handler(signum)

@@ -5,7 +5,11 @@ reclaiming a dead worker's entries, reading, trimming) and loops: heartbeat when
 (reclaimed entries first), apply it (service/streams/batch.py: validate, dead-letter, apply,
 acknowledge). A failed batch (Redis down, conflicts) is not acknowledged: the worker backs off and
 reclaims its own entries, in order, before reading anything new. On stop, the batch in flight is
-finished and the leases are handed back.
+finished and the leases are handed back. A partition whose stream key has the wrong Redis type is
+set aside (service/streams/partitions.py find_broken) so that it does not stop the others.
+`last_loop` (monotonic) says when the loop last went round without an error: the worker's
+/healthz (service/streams/health.py) fails when it is stale (Redis down, every batch failing, a
+hung batch).
 """
 from __future__ import annotations
 
@@ -72,10 +76,12 @@ class StreamWorker:
         self.applier = BatchApplier(client, store, self.keys, group=settings.stream_group,
                                     consumer=self.consumer,
                                     max_id_length=settings.max_id_length,
-                                    dead_letter_maxlen=settings.stream_dead_letter_maxlen)
+                                    dead_letter_maxlen=settings.stream_dead_letter_maxlen,
+                                    partitions=settings.stream_partitions)
         self.totals = WorkerTotals()
+        self.last_loop = time.monotonic()
         self._healthy = True  # the last batch did not fail: surplus partitions may be handed back
-        self._groups_ready = False  # the consumer group exists on every partition's stream
+        self._grouped: set[int] = set()  # partitions whose stream has the consumer group
 
     @property
     def leases(self):  # noqa: ANN201 - the PartitionLeases of this worker
@@ -91,14 +97,17 @@ class StreamWorker:
             while not stop.is_set():
                 try:
                     handled = await self.run_once()
+                    self._mark_loop()  # a full round without error: the worker makes progress
                 except RETRYABLE_ERRORS as error:
+                    if isinstance(error, ResponseError) and "WRONGTYPE" in str(error):
+                        await self._set_aside_broken()
                     log.warning("worker %s: %s: %s; retrying", self.consumer,
                                 type(error).__name__, error)
                     # A read whose reply was lost may have delivered entries to us: whatever is
                     # pending for us is reclaimed (in order) before anything new is read.
                     self.reader.drain(self.reader.owned)
                     if isinstance(error, ResponseError):  # e.g. NOGROUP: the stream was deleted
-                        self._groups_ready = False
+                        self._grouped.clear()
                     self.reader.next_heartbeat = 0.0
                     await _sleep_or_stop(stop, self.settings.stream_retry_backoff_seconds)
                     continue
@@ -116,6 +125,18 @@ class StreamWorker:
                             self.consumer, error, self.settings.stream_lease_ttl_ms)
             log.info("worker %s stopped: %s", self.consumer, self.totals)
 
+    def _mark_loop(self) -> None:
+        self.last_loop = time.monotonic()
+        metrics.WORKER_LOOP_TIMESTAMP_SECONDS.set(time.time())
+
+    async def _set_aside_broken(self) -> None:
+        """A WRONGTYPE from a call over several partitions: find the broken ones (all of them,
+        as the consumer-group set-up touches every partition) and set them aside."""
+        try:
+            await self.reader.find_broken(set(range(self.settings.stream_partitions)))
+        except (RedisError, OSError) as error:
+            log.warning("worker %s: could not check the partitions (%s)", self.consumer, error)
+
     async def _keep_leases(self, stop: asyncio.Event) -> None:
         """Renew the leases every heartbeat period even while a long batch runs, so that a slow
         batch never lets a partition pass to another worker while this one still applies it."""
@@ -128,10 +149,11 @@ class StreamWorker:
 
     async def run_once(self) -> int:
         """Heartbeat if due, then one batch (reclaimed entries first). Returns the entries handled."""
-        if not self._groups_ready:
-            await ensure_groups(self.client, self.keys, range(self.settings.stream_partitions),
-                                self.settings.stream_group)
-            self._groups_ready = True
+        todo = (set(range(self.settings.stream_partitions)) - self._grouped
+                - set(self.reader.broken))  # a repaired partition gets its group here
+        if todo:
+            await ensure_groups(self.client, self.keys, sorted(todo), self.settings.stream_group)
+            self._grouped |= todo
         if time.monotonic() >= self.reader.next_heartbeat:
             await self.heartbeat()
         entries = await self.reader.reclaim()

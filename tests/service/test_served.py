@@ -31,6 +31,8 @@ def served(artifacts, redis_url):
     yield process, prefix
     process.stop()
     delete_prefix(redis_url, prefix)
+    log = process.output()
+    assert "unhandled error" not in log and "Traceback" not in log, log  # no 500 in its log
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -64,7 +66,8 @@ def test_metrics_are_merged_over_the_workers(served):
         async with httpx.AsyncClient(base_url=process.url, timeout=30) as client:
             responses = await asyncio.gather(*(
                 client.post("/v1/events?n=0", json={"user_id": f"metrics-{i}",
-                                                    "item_id": ITEMS[i % 39]})
+                                                    "item_id": ITEMS[i % 39],
+                                                    "event_id": f"m-{i}"})
                 for i in range(40)))
         assert all(r.status_code == 200 for r in responses)
 
@@ -130,7 +133,7 @@ def test_serving_needs_no_torch(artifacts, redis_url):
     try:
         process.wait_ready()
         response = httpx.post(f"{process.url}/v1/events?n=3",
-                              json={"user_id": "u", "item_id": ITEMS[0]})
+                              json={"user_id": "u", "item_id": ITEMS[0], "event_id": "e0"})
         recs = httpx.get(f"{process.url}/v1/users/u/recommendations?n=3")
     finally:
         process.stop()
@@ -160,7 +163,8 @@ def test_embedded_redis_and_workers_stop_with_the_command(artifacts, sig):
     try:
         process.wait_ready()
         assert httpx.post(f"{process.url}/v1/events",
-                          json={"user_id": "u", "item_id": ITEMS[0]}).status_code == 200
+                          json={"user_id": "u", "item_id": ITEMS[0],
+                                "event_id": "e0"}).status_code == 200
         tree = descendants(process.process.pid)
         redis_pids = [pid for pid in tree
                       if "redis-server" in open(f"/proc/{pid}/cmdline").read()]

@@ -74,8 +74,8 @@ def check_id(value: str | None, field: str, settings: Settings) -> None:
     try:
         validate_id(value, field, settings.max_id_length)
     except InvalidEvent as error:
-        code = {"empty_id": ErrorCode.EMPTY_ID, "id_too_long": ErrorCode.ID_TOO_LONG}.get(
-            error.code, ErrorCode.VALIDATION_ERROR)
+        code = {"empty_id": ErrorCode.EMPTY_ID, "id_too_long": ErrorCode.ID_TOO_LONG,
+                "invalid_id": ErrorCode.INVALID_ID}.get(error.code, ErrorCode.VALIDATION_ERROR)
         raise ApiError(code, str(error), field) from None
 
 

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.http.api.deps import (
@@ -70,17 +70,30 @@ def event_out(result: ApplyResult, latency: dict[str, float]) -> dict[str, Any]:
 def to_event(body: EventIn, settings: Settings, prefix: str = "") -> Event:
     for name in ("user_id", "item_id", "event_id"):
         check_id(getattr(body, name), prefix + name, settings)
+    if body.event_id is None and settings.require_event_id:
+        raise ApiError(ErrorCode.EVENT_ID_REQUIRED, f"{prefix}event_id: required, so that a retry"
+                       " is recognised and applied once (GET /v1/users/{user_id}/events/{event_id}"
+                       " tells whether it was applied)", prefix + "event_id")
     return Event(body.user_id, body.item_id, body.event_id, body.timestamp)
+
+
+def check_answer_size(n: int, events: int, settings: Settings) -> None:
+    """n recommendations per event: at most settings.max_answer_items in one answer."""
+    if n * events > settings.max_answer_items:
+        raise ApiError(ErrorCode.ANSWER_TOO_LARGE, f"n: {n} recommendations x {events} events is"
+                       f" over {settings.max_answer_items} per answer; lower n or split the batch",
+                       "n")
 
 
 @router.post(Route.EVENTS.value, response_model=EventOut, response_model_exclude_none=True,
              responses=ERROR_RESPONSES, summary="Apply one interaction")
 async def post_event(body: EventIn, params: RecommendationParamsDep, store: StoreDep,
-                     coalescer: CoalescerDep, settings: SettingsDep) -> JsonBytes:
+                     coalescer: CoalescerDep, settings: SettingsDep, request: Request) -> JsonBytes:
     """Applies the event to the user's state (exactly once per event_id) and answers the top-n
     next items after it. Concurrent requests are applied together in one batch (settings.coalesce);
     `latency_ms.queue` is the wait for that batch, the stage figures are the batch's."""
     started = time.perf_counter()
+    check_answer_size(params.n, 1, settings)
     event = to_event(body, settings)
     if coalescer is None:
         try:
@@ -94,7 +107,10 @@ async def post_event(body: EventIn, params: RecommendationParamsDep, store: Stor
     try:
         outcome = await coalescer.submit(event, n=params.n, exclude_seen=params.exclude_seen)
     except CoalescerClosed:
-        raise ApiError(ErrorCode.NOT_READY, "the service is starting or stopping") from None
+        current = request.app.state.coalescer  # a model reload replaced the coalescer meanwhile
+        if current is None or current is coalescer:
+            raise ApiError(ErrorCode.NOT_READY, "the service is starting or stopping") from None
+        outcome = await current.submit(event, n=params.n, exclude_seen=params.exclude_seen)
     return JsonBytes(orjson.dumps(event_out(outcome.result, latency_ms(
         outcome.result.timings, time.perf_counter() - started, outcome.queue_seconds))))
 
@@ -114,6 +130,7 @@ async def post_events_batch(body: BatchIn, params: RecommendationParamsDep, stor
     if len(body.events) > settings.max_batch_size:
         raise ApiError(ErrorCode.BATCH_TOO_LARGE, f"events: {len(body.events)} events, at most"
                        f" {settings.max_batch_size} per batch", "events")
+    check_answer_size(params.n, len(body.events), settings)
     events = [to_event(e, settings, f"events[{i}].") for i, e in enumerate(body.events)]
     try:
         results = await store.apply_batch(events, n=params.n, exclude_seen=params.exclude_seen)

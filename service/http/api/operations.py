@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.http.errors import error_response
+from service.http.errors import STORE_CODES, error_response
 from service.http.schemas import StatusOut
 from service.ops import metrics
 from service.ops.labels import ErrorCode, Route
@@ -18,15 +18,20 @@ async def healthz() -> StatusOut:
 
 
 @router.get(Route.READYZ.value, response_model=StatusOut, summary="Readiness",
-            responses={503: {"description": "not_ready: artifact not loaded or Redis down"}})
+            responses={503: {"description": "not_ready: artifact not loaded;"
+                                            " state_store_unavailable, state_store_read_only,"
+                                            " state_store_full: Redis does not accept writes"}})
 async def readyz(request: Request) -> JSONResponse | StatusOut:
     store = getattr(request.app.state, "store", None)
-    checks = {"artifact": store is not None, "redis": store is not None and await store.ping()}
-    if not all(checks.values()):
-        failed = ", ".join(name for name, ok in checks.items() if not ok)
-        code = ErrorCode.NOT_READY if not checks["artifact"] else ErrorCode.STATE_STORE_UNAVAILABLE
-        return error_response(code, f"not ready: {failed} unavailable", None)
-    return StatusOut(status="ready", checks=checks)
+    if store is None:
+        return error_response(ErrorCode.NOT_READY, "not ready: artifact unavailable", None)
+    # A write probe, not a PING: a read-only replica or a full Redis answers PING but refuses
+    # every event.
+    reason = await store.repo.writable(f"{request.app.state.settings.key_prefix}:readyz")
+    if reason is not None:
+        code, message = STORE_CODES[reason]
+        return error_response(code, f"not ready: {message}", None)
+    return StatusOut(status="ready", checks={"artifact": True, "redis": True})
 
 
 @router.get(Route.METRICS.value, summary="Prometheus metrics", response_class=Response)

@@ -1,14 +1,30 @@
-"""GET /v1/users/{user_id}/recommendations and DELETE /v1/users/{user_id}."""
+"""GET /v1/users/{user_id}/recommendations, GET /v1/users/{user_id}/events/{event_id} and
+DELETE /v1/users/{user_id}."""
 from __future__ import annotations
 
 import time
 
 from fastapi import APIRouter
 
-from service.http.api.deps import RecommendationParamsDep, StoreDep, UserIdDep
+from typing import Annotated
+
+from fastapi import Path
+
+from service.http.api.deps import (
+    RecommendationParamsDep,
+    SettingsDep,
+    StoreDep,
+    UserIdDep,
+    check_id,
+)
 from service.http.api.events import latency_ms
 from service.http.errors import ERROR_RESPONSES
-from service.http.schemas import DeletedOut, RecommendationOut, UserRecommendationsOut
+from service.http.schemas import (
+    DeletedOut,
+    EventStatusOut,
+    RecommendationOut,
+    UserRecommendationsOut,
+)
 from service.ops.labels import Route
 
 router = APIRouter(tags=["users"])
@@ -37,3 +53,17 @@ async def get_recommendations(user_id: UserIdDep, params: RecommendationParamsDe
 async def delete_user(user_id: UserIdDep, store: StoreDep) -> DeletedOut:
     """Removes the user's state, recent items and event ids."""
     return DeletedOut(user_id=user_id, deleted=await store.delete_user(user_id))
+
+
+@router.get(Route.USER_EVENT.value, response_model=EventStatusOut, responses=ERROR_RESPONSES,
+            summary="Whether an event id was applied")
+async def get_event_status(
+    user_id: UserIdDep, store: StoreDep, settings: SettingsDep,
+    event_id: Annotated[str, Path(description="the event id the client sent")],
+) -> EventStatusOut:
+    """After a timeout or a 503 on POST /v1/events, tells whether the event was applied before
+    retrying (a retry with the same event id is a no-op anyway while the id is in the window)."""
+    check_id(event_id, "event_id", settings)
+    applied = await store.repo.event_applied(user_id, event_id)
+    return EventStatusOut(user_id=user_id, event_id=event_id, applied=applied,
+                          window=settings.event_id_window)
