@@ -117,7 +117,8 @@ def test_compose_commands_name_real_cli_options():
 def test_healthcheck_ports_match_published_ports():
     services = compose()["services"]
     api_test = " ".join(services["api"]["healthcheck"]["test"])
-    assert "127.0.0.1:8000/readyz" in api_test and "8000:8000" in services["api"]["ports"]
+    assert "127.0.0.1:8000/readyz" in api_test
+    assert [p.rsplit(":", 1)[-1] for p in services["api"]["ports"]] == ["8000"]
     worker = services["worker"]
     port = worker["command"][worker["command"].index("--metrics-port") + 1]
     assert f"127.0.0.1:{port}/metrics" in " ".join(worker["healthcheck"]["test"])
@@ -140,6 +141,16 @@ def test_serving_image_is_slim_torch_free_non_root_with_healthcheck():
     assert entrypoint == [["cmnrec"]]
     cmd = json.loads([args for op, args in last if op == "CMD"][-1])
     assert cmd[0] == "serve"
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.serve", "Dockerfile.train"])
+def test_images_copy_every_package(name):
+    """Every package pyproject.toml installs is copied into the image (else `cmnrec` cannot start)."""
+    include = re.search(r"include = \[([^\]]*)\]", (ROOT / "pyproject.toml").read_text()).group(1)
+    packages = {p.strip(' "*') for p in include.split(",")}
+    copied = {args.split()[0] for op, args in dockerfile_instructions(DOCKER / name)
+              if op == "COPY" and not args.startswith("--from")}
+    assert packages <= copied, f"{name} does not copy {sorted(packages - copied)}"
 
 
 def test_training_image_pins_cpu_torch():
@@ -269,7 +280,7 @@ def test_only_the_api_is_published_beyond_loopback():
     assert "ports" not in services["redis"] and "ports" not in services["worker"]
     for name in ("prometheus", "grafana"):
         assert all(str(p).startswith("127.0.0.1:") for p in services[name]["ports"]), name
-    assert services["api"]["ports"] == ["8000:8000"]
+    assert services["api"]["ports"] == ["${CMNREC_API_PORT:-8000}:8000"]
     redis_command = services["redis"]["command"]
     assert redis_command[redis_command.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
 
