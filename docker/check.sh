@@ -132,7 +132,8 @@ else
         say "reusing $BASE_IMAGE (kept by an earlier KEEP_IMAGES=1 run)"
     else
         command -v debootstrap >/dev/null || fail "debootstrap needed to make the base image (apt-get install debootstrap)"
-        docker/make-base.sh "$BASE_IMAGE" "$DEBIAN_MIRROR"
+        docker/make-base.sh "$BASE_IMAGE" "$DEBIAN_MIRROR" 2>"$LOG_DIR/base.log" \
+        || { tail -30 "$LOG_DIR/base.log"; fail "the local base image"; }
     fi
 fi
 if pull redis:7.2-alpine; then
@@ -254,13 +255,13 @@ EOF
 compose run --rm --no-deps -T --entrypoint cmnrec model replay --dataset ml-100k \
     --url http://api:8000 --limit 3000 --concurrency 8 >"$LOG_DIR/replay-http.log" 2>&1 \
     || { tail -20 "$LOG_DIR/replay-http.log"; fail "replay over HTTP"; }
-say "replayed 3000 MovieLens events through the API: $(tail -1 "$LOG_DIR/replay-http.log" | cut -c1-150)"
+say "replayed the first 3000 MovieLens events through the API (cmnrec replay --url, batches)"
 
 # stream: MovieLens events into the partitioned streams, then the worker must drain them
 compose run --rm --no-deps -T -e "REDIS_URL=redis://:$REDIS_PASSWORD@redis:6379/0" \
     --entrypoint cmnrec model replay --dataset ml-100k --stream --partitions 8 --limit 5000 \
     >"$LOG_DIR/replay-stream.log" 2>&1 || { tail -20 "$LOG_DIR/replay-stream.log"; fail "replay --stream"; }
-say "published 5000 MovieLens events into 8 streams: $(tail -1 "$LOG_DIR/replay-stream.log" | cut -c1-150)"
+say "published the first 5000 MovieLens events into 8 streams (cmnrec replay --stream)"
 
 promql() {  # promql EXPR: the instant query's JSON
     curl -fsS -G "$PROM/api/v1/query" --data-urlencode "query=$1"
@@ -281,8 +282,8 @@ for _ in $(seq 120); do
 done
 say "worker (seen by Prometheus): handled $handled stream entries, backlog (lag + pending) $backlog"
 [ -n "$drained" ] || fail "the worker did not drain the streams"
-say "worker applied $(scalar 'sum(cmnrec_events_total{job="cmnrec-worker",outcome="applied"})'), dead-lettered $(scalar 'sum(cmnrec_worker_dead_letters_total)'), owns $(scalar 'sum(cmnrec_worker_partitions_owned)') partitions"
-say "API applied $(scalar 'sum(cmnrec_events_total{job="cmnrec-api",outcome="applied"})') events over HTTP; p99 /v1/events latency (5m) $(scalar 'histogram_quantile(0.99, sum by (le) (rate(cmnrec_request_latency_seconds_bucket{job="cmnrec-api",route="/v1/events"}[5m])))') s"
+say "worker applied $(scalar 'sum(cmnrec_events_total{job="cmnrec-worker",outcome="applied"})'), duplicate $(scalar 'sum(cmnrec_events_total{job="cmnrec-worker",outcome="duplicate"})') (the 3000 events already sent over HTTP: same event ids), dead-lettered $(scalar 'sum(cmnrec_worker_dead_letters_total)'), owns $(scalar 'sum(cmnrec_worker_partitions_owned)') partitions"
+say "API applied $(scalar 'sum(cmnrec_events_total{job="cmnrec-api",outcome="applied"})') events over HTTP; p99 latency of /v1 requests $(scalar 'histogram_quantile(0.99, sum by (le) (rate(cmnrec_request_latency_seconds_bucket{job="cmnrec-api",route=~"/v1/.*"}[5m])))') s (shared 2-core machine)"
 
 curl -fsS "$PROM/api/v1/targets" | python3 -c '
 import json, sys
@@ -290,7 +291,8 @@ targets = json.load(sys.stdin)["data"]["activeTargets"]
 jobs = sorted({t["labels"]["job"] for t in targets})
 assert jobs == ["cmnrec-api", "cmnrec-worker"], jobs
 for t in targets:
-    print(f"    target {t[\"labels\"][\"job\"]:14} {t[\"scrapeUrl\"]:32} {t[\"health\"]}")
+    job, url, health = t["labels"]["job"], t["scrapeUrl"], t["health"]
+    print(f"    target {job:14} {url:32} {health}")
 assert all(t["health"] == "up" for t in targets), "a target is not up"
 ' || fail "Prometheus targets"
 curl -fsS "$PROM/api/v1/rules" | python3 -c '
