@@ -133,6 +133,9 @@ def stack(artifacts, redis_url, tmp_path_factory):
                  .status_code == 200, "worker metrics", 60, worker)
         wait_for(lambda: httpx.get(f"{url}/-/ready", timeout=1).status_code == 200,
                  "prometheus ready", 60, server)
+        # both targets scraped once before the traffic: the counters' first samples are 0, so
+        # increase() and rate() see the traffic however late a scrape comes on a loaded machine
+        wait_for(lambda: len(query(url, "up == 1")) == 2, "both targets scraped", 60, worker, server)
         drive_traffic(api.url, redis_url, prefix)
         # a couple of scrapes after the traffic, so every rate() window holds an increase
         wait_for(lambda: query(url, 'sum(increase(cmnrec_events_total{job="cmnrec-worker",'
