@@ -6,6 +6,7 @@ cross-check them against each other and against service/ops/metrics.py.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -78,7 +79,8 @@ def test_serving_services_use_redis_service_and_shared_artifacts():
     redis_port = "6379"
     for name in SERVING_SERVICES:
         service = services[name]
-        assert service["environment"]["REDIS_URL"] == f"redis://redis:{redis_port}/0"
+        assert service["environment"]["REDIS_URL"] == (
+            f"redis://:${{REDIS_PASSWORD:?set REDIS_PASSWORD}}@redis:{redis_port}/0")
         assert service["build"]["dockerfile"] == "docker/Dockerfile.serve"
         mounts = [m.split(":") for m in service["volumes"]]
         assert ["artifacts", "/artifacts", "ro"] in mounts
@@ -115,7 +117,8 @@ def test_compose_commands_name_real_cli_options():
 def test_healthcheck_ports_match_published_ports():
     services = compose()["services"]
     api_test = " ".join(services["api"]["healthcheck"]["test"])
-    assert "127.0.0.1:8000/readyz" in api_test and "8000:8000" in services["api"]["ports"]
+    assert "127.0.0.1:8000/readyz" in api_test
+    assert [p.rsplit(":", 1)[-1] for p in services["api"]["ports"]] == ["8000"]
     worker = services["worker"]
     port = worker["command"][worker["command"].index("--metrics-port") + 1]
     assert f"127.0.0.1:{port}/metrics" in " ".join(worker["healthcheck"]["test"])
@@ -126,7 +129,8 @@ def test_serving_image_is_slim_torch_free_non_root_with_healthcheck():
     instructions = dockerfile_instructions(DOCKER / "Dockerfile.serve")
     text = " ".join(args for _, args in instructions).lower()
     assert "torch" not in text.replace("find_spec('torch')", ""), "the serving image mentions torch"
-    assert all(args.startswith("python:3.11-slim") for op, args in instructions if op == "FROM")
+    assert instructions[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
+    assert all(args.split()[0] == "${BASE_IMAGE}" for op, args in instructions if op == "FROM")
     assert any(op == "RUN" and 'pip install' in args and '".[serve]"' in args
                for op, args in instructions)
     last = final_stage(instructions)
@@ -139,9 +143,21 @@ def test_serving_image_is_slim_torch_free_non_root_with_healthcheck():
     assert cmd[0] == "serve"
 
 
+@pytest.mark.parametrize("name", ["Dockerfile.serve", "Dockerfile.train"])
+def test_images_copy_every_package(name):
+    """Every package pyproject.toml installs is copied into the image (else `cmnrec` cannot start)."""
+    include = re.search(r"include = \[([^\]]*)\]", (ROOT / "pyproject.toml").read_text()).group(1)
+    packages = {p.strip(' "*') for p in include.split(",")}
+    copied = {args.split()[0] for op, args in dockerfile_instructions(DOCKER / name)
+              if op == "COPY" and not args.startswith("--from")}
+    assert packages <= copied, f"{name} does not copy {sorted(packages - copied)}"
+
+
 def test_training_image_pins_cpu_torch():
     instructions = dockerfile_instructions(DOCKER / "Dockerfile.train")
     runs = [args for op, args in instructions if op == "RUN"]
+    assert instructions[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
+    assert [args for op, args in instructions if op == "FROM"] == ["${BASE_IMAGE}"]
     torch_install = [r for r in runs if "torch==2.13.0" in r]
     assert torch_install and "download.pytorch.org/whl/cpu" in torch_install[0]
     assert any(".[train" in r for r in runs)
@@ -150,7 +166,7 @@ def test_training_image_pins_cpu_torch():
 
 
 def test_prometheus_scrapes_api_and_every_worker():
-    config = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    config = yaml.safe_load((DOCKER / "prometheus/prometheus.yml").read_text())
     services = compose()["services"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     targets = []
@@ -169,7 +185,8 @@ def test_prometheus_scrapes_api_and_every_worker():
         else:
             assert service["command"][service["command"].index("--metrics-port") + 1] == port
     mounted = " ".join(services["prometheus"]["volumes"])
-    assert "./docker/prometheus.yml:/etc/prometheus/prometheus.yml" in mounted
+    assert "./docker/prometheus:/etc/prometheus:ro" in mounted
+    assert config["rule_files"] == ["alerts.yml"] and (DOCKER / "prometheus/alerts.yml").is_file()
 
 
 def test_grafana_provisioning_points_at_prometheus_and_the_dashboard():
@@ -216,7 +233,7 @@ def test_dashboard_queries_only_metrics_that_exist():
     missing = sorted(queried - known)
     assert not missing, f"dashboard queries metrics that service/ops/metrics.py lacks: {missing}"
     jobs = {job["job_name"] for job in
-            yaml.safe_load((DOCKER / "prometheus.yml").read_text())["scrape_configs"]}
+            yaml.safe_load((DOCKER / "prometheus/prometheus.yml").read_text())["scrape_configs"]}
     for expr in exprs:
         for job in re.findall(r'job="([^"]+)"', expr):
             assert job in jobs, f"dashboard filters on unknown job {job}"
@@ -237,11 +254,35 @@ def test_every_worker_metric_in_the_dashboard():
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
-def test_docker_compose_config_validates():
-    """The compose client's own validation (offline; only where a compose client is installed)."""
-    result = subprocess.run(["docker-compose", "-f", str(COMPOSE_FILE), "config", "--quiet"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+def test_docker_compose_config_validates_and_requires_the_passwords():
+    """The compose client's own validation (offline; only where a compose client is installed),
+    and it refuses to start without the Redis and Grafana passwords."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")}
+    secrets = {"REDIS_PASSWORD": "redis-secret", "GRAFANA_ADMIN_PASSWORD": "grafana-secret"}
+    result = subprocess.run(["docker-compose", "-f", str(COMPOSE_FILE), "config"], cwd=ROOT,
+                            env={**env, **secrets}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)["services"]
+    assert rendered["api"]["environment"]["REDIS_URL"] == "redis://:redis-secret@redis:6379/0"
+    assert rendered["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "grafana-secret"
+    for missing in secrets:
+        partial = {k: v for k, v in secrets.items() if k != missing}
+        result = subprocess.run(["docker-compose", "-f", str(COMPOSE_FILE), "config", "--quiet"],
+                                cwd=ROOT, env={**env, **partial}, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode != 0 and f"set {missing}" in result.stderr
+
+
+def test_only_the_api_is_published_beyond_loopback():
+    """Redis and the worker's metrics are not published; Prometheus and Grafana on 127.0.0.1 only."""
+    services = compose()["services"]
+    assert "ports" not in services["redis"] and "ports" not in services["worker"]
+    for name in ("prometheus", "grafana"):
+        assert all(str(p).startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    assert services["api"]["ports"] == ["${CMNREC_API_PORT:-8000}:8000"]
+    redis_command = services["redis"]["command"]
+    assert redis_command[redis_command.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
 
 
 def test_container_health_probe_exits_by_the_answer():
