@@ -96,6 +96,9 @@ def replay(
         help="P streams (default $CMNREC_STREAM_PARTITIONS or 8); must match the workers"),
     batch_size: int = typer.Option(100, "--batch-size", min=1,
                                    help="events per HTTP request (1 = POST /v1/events)"),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="CMNREC_API_KEY",
+        help="with --url: the API key to send (X-API-Key); needs the events:write scope"),
     concurrency: int = typer.Option(8, "--concurrency", min=1, max=1024,
                                     help="HTTP requests in flight (users are split among them)"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
@@ -171,7 +174,7 @@ def replay(
             import httpx
 
             try:
-                report = asyncio.run(drive_http(url, events, batch_size=batch_size,
+                report = asyncio.run(drive_http(url, events, batch_size=batch_size, api_key=api_key,
                                                 concurrency=concurrency, on_progress=advance))
             except httpx.HTTPError as error:
                 console.print(f"[red]error:[/red] {url}: {error}")

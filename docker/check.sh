@@ -196,6 +196,9 @@ step "compose up (redis, model: short training + export, api, worker, prometheus
 export BASE_IMAGE REDIS_IMAGE PROMETHEUS_IMAGE
 REDIS_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 GRAFANA_ADMIN_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+API_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+CMNREC_API_KEYS="check events:write,recommendations:read,admin $API_KEY"
+export CMNREC_API_KEYS
 CMNREC_API_PORT=$(free_port)
 PROMETHEUS_PORT=$(free_port)
 export REDIS_PASSWORD GRAFANA_ADMIN_PASSWORD CMNREC_API_PORT PROMETHEUS_PORT
@@ -230,11 +233,12 @@ done
 ITEMS=(50 181 258 100 294 286 288 1 300 121 174 127 56 7 98 237 117 172 222 204)
 for i in "${!ITEMS[@]}"; do
     code=$(curl -sS -o "$LOG_DIR/event.json" -w '%{http_code}' -X POST "$API/v1/events?n=0" \
-        -H 'content-type: application/json' \
+        -H 'content-type: application/json' -H "X-API-Key: $API_KEY" \
         -d "{\"user_id\": \"check-parity\", \"item_id\": \"${ITEMS[$i]}\", \"event_id\": \"p$i\"}")
     [ "$code" = 200 ] || { cat "$LOG_DIR/event.json"; fail "POST /v1/events answered $code"; }
 done
-curl -fsS "$API/v1/users/check-parity/recommendations?n=10" >"$LOG_DIR/api.json"
+curl -fsS -H "X-API-Key: $API_KEY" "$API/v1/users/check-parity/recommendations?n=10" \
+    >"$LOG_DIR/api.json"
 ITEM_LIST=$(IFS=,; echo "${ITEMS[*]}")
 compose run --rm --no-deps -T --entrypoint cmnrec model predict --run /runs/ml-100k \
     --items "$ITEM_LIST" --n 10 2>/dev/null | tail -1 >"$LOG_DIR/predict.json"
@@ -252,8 +256,8 @@ print(f"parity: the API's top-10 after {sys.argv[3]} events equals `cmnrec predi
 EOF
 
 # HTTP load: MovieLens events through the API (from a container on the compose network)
-compose run --rm --no-deps -T --entrypoint cmnrec model replay --dataset ml-100k \
-    --url http://api:8000 --limit 3000 --concurrency 8 >"$LOG_DIR/replay-http.log" 2>&1 \
+compose run --rm --no-deps -T -e "CMNREC_API_KEY=$API_KEY" --entrypoint cmnrec model replay \
+    --dataset ml-100k --url http://api:8000 --limit 3000 --concurrency 8 >"$LOG_DIR/replay-http.log" 2>&1 \
     || { tail -20 "$LOG_DIR/replay-http.log"; fail "replay over HTTP"; }
 say "replayed the first 3000 MovieLens events through the API (cmnrec replay --url, batches)"
 

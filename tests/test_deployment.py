@@ -121,7 +121,7 @@ def test_healthcheck_ports_match_published_ports():
     assert [p.rsplit(":", 1)[-1] for p in services["api"]["ports"]] == ["8000"]
     worker = services["worker"]
     port = worker["command"][worker["command"].index("--metrics-port") + 1]
-    assert f"127.0.0.1:{port}/metrics" in " ".join(worker["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}/healthz" in " ".join(worker["healthcheck"]["test"])  # the loop
     assert port in [str(p) for p in worker["expose"]]
 
 
@@ -256,16 +256,17 @@ def test_every_worker_metric_in_the_dashboard():
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 def test_docker_compose_config_validates_and_requires_the_passwords():
     """The compose client's own validation (offline; only where a compose client is installed),
-    and it refuses to start without the Redis and Grafana passwords."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")}
-    secrets = {"REDIS_PASSWORD": "redis-secret", "GRAFANA_ADMIN_PASSWORD": "grafana-secret"}
+    and it refuses to start without the Redis and Grafana passwords and the API keys."""
+    secrets = {"REDIS_PASSWORD": "redis-secret", "GRAFANA_ADMIN_PASSWORD": "grafana-secret",
+               "CMNREC_API_KEYS": "ops admin api-secret"}
+    env = {k: v for k, v in os.environ.items() if k not in secrets}
     result = subprocess.run(["docker-compose", "-f", str(COMPOSE_FILE), "config"], cwd=ROOT,
                             env={**env, **secrets}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     rendered = yaml.safe_load(result.stdout)["services"]
     assert rendered["api"]["environment"]["REDIS_URL"] == "redis://:redis-secret@redis:6379/0"
     assert rendered["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "grafana-secret"
+    assert rendered["api"]["environment"]["CMNREC_API_KEYS"] == "ops admin api-secret"
     for missing in secrets:
         partial = {k: v for k, v in secrets.items() if k != missing}
         result = subprocess.run(["docker-compose", "-f", str(COMPOSE_FILE), "config", "--quiet"],

@@ -95,6 +95,7 @@ class HttpReplayReport:
 
 
 async def drive_http(base_url: str, events: Sequence[dict[str, object]], *, batch_size: int = 100,
+                     api_key: str | None = None,
                      concurrency: int = 8, timeout_s: float = 30.0,
                      on_progress: Callable[[int], None] | None = None) -> HttpReplayReport:
     """Post the events to a running API: POST /v1/events (batch_size 1) or /v1/events/batch.
@@ -109,7 +110,8 @@ async def drive_http(base_url: str, events: Sequence[dict[str, object]], *, batc
         lanes[zlib.crc32(str(event["user_id"]).encode("utf-8")) % concurrency].append(event)
     report = HttpReplayReport()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s,
+    headers = {"X-API-Key": api_key} if api_key else None
+    async with httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, headers=headers,
                                  limits=limits) as client:
 
         async def send(lane: list[dict[str, object]]) -> None:

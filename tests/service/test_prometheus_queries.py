@@ -25,7 +25,9 @@ import redis
 import yaml
 
 from service.ops.redis_server import free_port
-from service.streams.publish import StreamKeys, partition_of, publish_events
+from service.state.keys import KeySchema
+from service.streams.publish import publish_events
+from service.streams.records import partition_of
 from tests.conftest import delete_prefix
 from tests.service.served import ROOT, ServedProcess, descendants, left_running
 
@@ -158,11 +160,14 @@ def drive_traffic(api: str, redis_url: str, prefix: str) -> None:
     with httpx.Client(base_url=api, timeout=30) as client:
         for k in range(30):
             response = client.post("/v1/events?n=5", json={"user_id": f"http-{k % 6}",
-                                                          "item_id": ITEMS[(5 * k) % 39]})
+                                                          "item_id": ITEMS[(5 * k) % 39],
+                                                          "event_id": f"h-{k}"})
             assert response.status_code == 200, response.text
-        response = client.post("/v1/events", json={"user_id": "http-0", "item_id": "no-such"})
+        response = client.post("/v1/events", json={"user_id": "http-0", "item_id": "no-such",
+                                                    "event_id": "h-bad"})
         assert response.status_code == 422
-        batch = [{"user_id": f"http-{k % 3}", "item_id": ITEMS[k]} for k in range(10)]
+        batch = [{"user_id": f"http-{k % 3}", "item_id": ITEMS[k], "event_id": f"b-{k}"}
+                 for k in range(10)]
         assert client.post("/v1/events/batch", json={"events": batch}).status_code == 200
         assert client.get("/v1/users/http-1/recommendations?n=5").status_code == 200
     sync = redis.Redis.from_url(redis_url)
@@ -170,7 +175,7 @@ def drive_traffic(api: str, redis_url: str, prefix: str) -> None:
         events = [{"user_id": f"stream-{k % 8}", "item_id": ITEMS[(3 * k) % 39],
                    "event_id": f"s-{k}"} for k in range(80)]
         publish_events(sync, events, partitions=PARTITIONS, prefix=prefix)
-        keys = StreamKeys(prefix)
+        keys = KeySchema(prefix)
         sync.xadd(keys.stream(partition_of("stream-0", PARTITIONS)),
                   {"user_id": "stream-0", "item_id": "no-such-item", "event_id": "dead-1"})
     finally:
