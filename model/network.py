@@ -42,6 +42,7 @@ class SequentialRecommender(nn.Module, ABC):
         self.dropout = nn.Dropout(config.dropout)
         self.decode = nn.Linear(config.projection_dim, config.num_items)
         mask = chunk_mask(config.block_len, config.slots, config.rule)
+        self.schedule = mask  # the same flags on the host: tuple[bool, ...] of length T
         self.register_buffer("chunk_mask", torch.tensor(mask, dtype=torch.bool), persistent=False)
 
     # -- to be defined by each model --------------------------------------------------------
@@ -81,17 +82,28 @@ class SequentialRecommender(nn.Module, ABC):
         state = self.advance(self.dropout(self.embedding(items)), state, chunk)
         return self.scores(state), state
 
-    def forward(self, items: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """A run of events per user. items: [B, L] (0 = padding). Returns ([B, L, I], state)."""
+    def forward(self, items: Tensor, state: Any,
+                first_pos: int | None = None) -> tuple[Tensor, Any]:
+        """A run of events per user. items: [B, L] (0 = padding). Returns ([B, L, I], state).
+
+        first_pos: the pos every row of `state` is at, when the caller knows it (the trainer
+        does); the chunk flags then come from the host-side schedule and the loop reads no device
+        value on the host (no synchronisation, capturable in a CUDA graph). None: read state.pos.
+        """
         _, length = items.shape
         embedded = self.dropout(self.embedding(items))  # [B, L, k]
-        offsets = torch.arange(length, device=items.device)
-        flags = self.chunk_mask[(state.pos.unsqueeze(1) + offsets) % self.config.block_len]
-        aligned = bool((flags == flags[:1]).all())  # all rows at the same block position
-        shared = flags[0].tolist() if aligned else None
+        flags: Tensor | None = None
+        if first_pos is not None:
+            block = self.config.block_len
+            shared = [self.schedule[(first_pos + t) % block] for t in range(length)]
+        else:
+            offsets = torch.arange(length, device=items.device)
+            flags = self.chunk_mask[(state.pos.unsqueeze(1) + offsets) % self.config.block_len]
+            aligned = bool((flags == flags[:1]).all())  # all rows at the same block position
+            shared = flags[0].tolist() if aligned else None
         features = []
         for t in range(length):
-            chunk: ChunkFlag = shared[t] if shared is not None else flags[:, t]
+            chunk: ChunkFlag = shared[t] if shared is not None else flags[:, t]  # type: ignore[index]
             state = self.advance(embedded[:, t], state, chunk)
             features.append(self.features(state))
         return self.output(torch.stack(features, dim=1)), state
