@@ -71,9 +71,9 @@ def compile_steps(model: SequentialRecommender, mode: str) -> SequentialRecommen
     if mode == "reduce-overhead" and next(model.parameters()).device.type != "cuda":
         raise ValueError("compile: reduce-overhead replays CUDA graphs and needs a CUDA device")
     if isinstance(model, CmnRec):
-        model.controller_step = torch.compile(model.controller_step, mode=mode)  # type: ignore[method-assign]
-        model.memory_step = torch.compile(model.memory_step, mode=mode)  # type: ignore[method-assign]
+        model.controller_step = torch.compile(model.controller_step, mode=mode, fullgraph=True)  # type: ignore[method-assign]
+        model.memory_step = torch.compile(model.memory_step, mode=mode, fullgraph=True)  # type: ignore[method-assign]
     else:
-        model.advance = torch.compile(model.advance, mode=mode)  # type: ignore[method-assign]
+        model.advance = torch.compile(model.advance, mode=mode, fullgraph=True)  # type: ignore[method-assign]
     return model
 
