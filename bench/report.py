@@ -446,6 +446,9 @@ def build(results: Path, out: Path) -> Path:
     diagnosis = BENCH_DIR / "REPORT_NOTES.md"
     if diagnosis.exists():
         lines += [diagnosis.read_text().strip(), ""]
+    devices = BENCH_DIR / "REPORT_DEVICES.md"  # issue 11: figures from the files it names
+    if devices.exists():
+        lines += [devices.read_text().strip(), ""]
     out.write_text("\n".join(lines).rstrip() + "\n")
     return out
 

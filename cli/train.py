@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -137,6 +138,9 @@ def train(
         raise typer.BadParameter(f"must be >= 1, got {min_item_freq}", param_hint="--min-item-freq")
     if nproc < 1:
         raise typer.BadParameter(f"must be >= 1, got {nproc}", param_hint="--nproc")
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise typer.BadParameter("already running under torchrun: leave --nproc out",
+                                 param_hint="--nproc")
     try:
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr,
                                  weight_decay=weight_decay, seed=seed, patience=patience,
@@ -181,6 +185,8 @@ def train(
         result = train_run(data, config, settings, out, progress=progress, dataset_info=info)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--dataset") from error
+    if not result.metrics:  # a torchrun rank other than 0: rank 0 reports and writes
+        return
     report = result.report
     console.print(metrics_table(report.metrics, f"{config.model} on {data.name} "
                                 f"(leave-one-out, full ranking)"))

@@ -101,6 +101,8 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
             state = _rows(state, active)
             x = inputs[:active, start: start + block]  # [a, t]
             y = targets[:active, start: start + block]  # [a, t], 0 where the row has ended
+            if settings.compile == "reduce-overhead":  # a new step for the CUDA graph trees
+                torch.compiler.cudagraph_mark_step_begin()
             with autocast(device, settings.precision):
                 logits, state = model(x, state, first_pos=start)  # [a, t, I]
                 summed = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
