@@ -284,7 +284,7 @@ def block_markdown(payload: dict[str, Any]) -> str:
         floor = flops / (payload["matmul_tflops"] * 1e12) if flops else None
         rows.append([r["slots"], r["variant"], r["mode"], f"{r['train_seconds']:.4f}",
                      f"{r['events_per_second']:,.0f}", f"{r['inference_seconds']:.4f}",
-                     "" if floor is None else f"{floor * 1e3:.2f} ms ({flops / 1e12:.3f} TFLOP)",
+                     "" if floor is None else f"{floor * 1e3:.2f} ms ({flops / 1e9:,.1f} GFLOP)",
                      "" if floor is None else f"{r['train_seconds'] / floor:.1f}x"])
     for (slots_, variant, mode), r in by_key.items():
         base = by_key.get((slots_, BASELINE, mode))
