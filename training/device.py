@@ -14,13 +14,15 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from model.network import CmnRec, SequentialRecommender
 from training.settings import COMPILE_MODES, PRECISIONS, valid_device
+
+COMPILED_STEPS = ("controller_step", "memory_step", "advance")  # what compile_steps replaces
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -70,10 +72,28 @@ def compile_steps(model: SequentialRecommender, mode: str) -> SequentialRecommen
         return model
     if mode == "reduce-overhead" and next(model.parameters()).device.type != "cuda":
         raise ValueError("compile: reduce-overhead replays CUDA graphs and needs a CUDA device")
-    if isinstance(model, CmnRec):
+    if isinstance(model, CmnRec):  # the names must be in COMPILED_STEPS
         model.controller_step = torch.compile(model.controller_step, mode=mode, fullgraph=True)  # type: ignore[method-assign]
         model.memory_step = torch.compile(model.memory_step, mode=mode, fullgraph=True)  # type: ignore[method-assign]
     else:
         model.advance = torch.compile(model.advance, mode=mode, fullgraph=True)  # type: ignore[method-assign]
     return model
 
+
+
+@contextlib.contextmanager
+def eager_steps(model: SequentialRecommender) -> Iterator[SequentialRecommender]:
+    """The model with its own (uncompiled) step methods for the duration of the block, e.g. for
+    evaluation, whose batch shapes and no-grad mode would only make the compiled steps recompile."""
+    saved = {name: model.__dict__.pop(name) for name in COMPILED_STEPS if name in model.__dict__}
+    try:
+        yield model
+    finally:
+        model.__dict__.update(saved)
+
+
+def uncompile(model: SequentialRecommender) -> SequentialRecommender:
+    """Drop what compile_steps installed: the model as built (what train_model returns)."""
+    for name in COMPILED_STEPS:
+        model.__dict__.pop(name, None)
+    return model

@@ -24,7 +24,8 @@ from model.network import PopularityRecommender, SequentialRecommender, build_mo
 from training.batching import length_sorted_batches, pad_right
 from data.dataset import PAD_ID, SequenceDataset
 from training import distributed
-from training.device import autocast, compile_steps, resolve_device, to_device
+from training.device import (autocast, compile_steps, eager_steps, resolve_device, to_device,
+                             uncompile)
 from training.evaluation import evaluate_model
 from training.settings import TrainSettings
 from data.split import training_item_counts, training_sequences
@@ -209,8 +210,9 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
         if not out_of_time or not epoch_seconds:  # a cut-short epoch is no epoch's timing
             epoch_seconds.append(seconds)
         # rank 0 evaluates and decides; every rank follows its decision
-        valid = (evaluate_model(model, dataset, batch_size=settings.eval_batch_size)["valid"]
-                 if cluster.is_main else {})
+        with eager_steps(model):
+            valid = (evaluate_model(model, dataset, batch_size=settings.eval_batch_size)["valid"]
+                     if cluster.is_main else {})
         late = deadline is not None and time.perf_counter() > deadline
         score, late_anywhere = distributed.from_main(
             [valid.get(EARLY_STOPPING_METRIC, 0.0), float(late)], cluster, device)
@@ -234,6 +236,7 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
             stopped = "early_stopping"
             break
 
+    uncompile(model)
     if best_weights is not None:
         model.load_state_dict(best_weights)
     metrics = (evaluate_model(model, dataset, batch_size=settings.eval_batch_size)

@@ -9,7 +9,7 @@ import torch
 
 from model.config import ModelConfig
 from model.network import build_model
-from training.device import compile_steps
+from training.device import compile_steps, eager_steps, uncompile
 
 
 def test_compiled_steps_equal_eager() -> None:
@@ -44,3 +44,17 @@ def test_compile_mode_checks() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="^compile: reduce-overhead .* CUDA"):
             compile_steps(model, "reduce-overhead")
+
+
+def test_evaluation_and_the_returned_model_use_the_eager_steps() -> None:
+    """The trainer evaluates inside eager_steps and returns uncompile(model): no compiled step
+    outlives training (torch.compile wraps lazily, so nothing compiles here)."""
+    model = build_model(ModelConfig(num_items=10, embed_dim=4, hidden_dim=4, mem_width=4,
+                                    attn_dim=4, block_len=4, slots=2))
+    compile_steps(model, "default")
+    compiled = vars(model)["controller_step"]
+    with eager_steps(model):
+        assert "controller_step" not in vars(model) and "memory_step" not in vars(model)
+    assert vars(model)["controller_step"] is compiled
+    uncompile(model)
+    assert not {"controller_step", "memory_step", "advance"} & set(vars(model))
