@@ -149,11 +149,12 @@ class CmnRec(SequentialRecommender):
 
     # controller_step and memory_step are what torch.compile traces (training/device.py). They
     # unpack the incoming state by position instead of reading its fields as attributes, and build
-    # the new state with the constructor instead of _replace: dynamo has resolved NamedTuple field
-    # attributes through the class's _tuplegetter descriptors on an empty placeholder tuple
-    # (InternalTorchDynamoError: IndexError: tuple index out of range at `state.read` /
-    # `state.attn_norm`, the first field read of each; fixed upstream in pytorch/pytorch#181687).
-    # Unpacking reads the traced items themselves, on every torch version. Same arithmetic.
+    # the new state with the constructor instead of _replace. Reported failure (issue 11, on the
+    # GPU machine's torch): InternalTorchDynamoError: IndexError: tuple index out of range at
+    # `state.read` / `state.attn_norm`, the first field read of each function. That is what dynamo
+    # does when it resolves a NamedTuple field through the class's _tuplegetter descriptor on an
+    # empty placeholder tuple (the bug of pytorch/pytorch#181687). Unpacking reads the traced
+    # items instead. The pinned torch 2.13.0 traces both forms; the arithmetic is the same.
 
     def controller_step(self, embedded: Tensor, state: MemoryRecState) -> MemoryRecState:
         """Steps 2-3 and 6: one controller pass, o folded into the chunk summary; D and r kept.
