@@ -452,6 +452,9 @@ def build(results: Path, out: Path) -> Path:
         lines += [diagnosis.read_text().strip(), ""]
     lines += section_markdown("10. LRURec beside CmnRec (issue 9)", results / "lrurec_serve.md",
                               "bench/lrurec_serve.py")
+    devices = BENCH_DIR / "REPORT_DEVICES.md"  # issue 11: figures from the files it names
+    if devices.exists():
+        lines += [devices.read_text().strip(), ""]
     out.write_text("\n".join(lines).rstrip() + "\n")
     return out
 

@@ -13,6 +13,15 @@ Prints the tables and saves bench/results/train_speed.json and bench/results/tra
 
     .venv/bin/python bench/train_speed.py --dims paper --threads 1
     .venv/bin/python bench/train_speed.py --dims small --block-lens 50 --slots 2 --users 100 --out /tmp/s.json
+
+With --device cuda (or --workload block) it times one training block and one inference pass instead,
+at the paper's GPU setting (B=1024, T=100, M in 2,4,6,9,12, I=10,000 random items, paper sizes),
+eager and compiled, with the FLOP floor of a block (bench/block_speed.py); figures go to
+bench/results/block_speed_<device>.json/.md:
+
+    .venv/bin/python bench/train_speed.py --device cuda                       # the paper's setting
+    .venv/bin/python bench/train_speed.py --device cpu --batch-size 8 --block-lens 10 --slots 2 \
+        --items 50 --dims small --block-repeats 1 --out /tmp/blocks.json      # a quick CPU check
 """
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -32,6 +41,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):  # run as a script (python bench/train_speed.py): make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import block_speed
 from bench.common import (
     DIMS,
     RESULTS_DIR,
@@ -51,6 +61,7 @@ from model.schedule import chunk_times
 from training.batching import length_sorted_batches
 from training.evaluation import leave_one_out_ranks
 from training.settings import TrainSettings
+from training.device import resolve_device
 from training.trainer import count_parameters, train_epoch
 
 BASELINE = "srmn"
@@ -253,25 +264,139 @@ def render_markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def block_markdown(payload: dict[str, Any]) -> str:
+    """The report of the block workload: per M the seconds per block, events/s, speed-ups, floor."""
+    s, m = payload["settings"], payload["machine"]
+    lines = [
+        "# One training block and one inference pass: SRMN vs CmnRec, eager vs compiled",
+        "",
+        f"Measured {payload['date']} by `bench/train_speed.py --workload block` on {payload['device_name']} "
+        f"(torch {m['torch']}, git {m['git']}, {m['torch_threads']} CPU thread(s), load average "
+        f"{m['load_average_1_5_15'][0]:.1f}); total {payload['total_seconds'] / 60:.1f} min.",
+        f"B={s['batch_size']} users, T={s['block_len']}, I={s['items']} items, sizes {s['dims_name']} "
+        f"({', '.join(f'{k}={v}' for k, v in s['dims'].items())}), precision {s['precision']}, compiled = "
+        f"torch.compile mode {s['compile_mode']!r} of controller_step/memory_step. Train block = forward + "
+        "cross-entropy over B x T targets + backward + Adam; inference = T events absorbed + scores + "
+        f"top-{block_speed.TOP_K}. Median of {s['repeats']} run(s) after {s['warmup']} warm-up run(s). "
+        f"FLOP floor = counted matmul FLOPs of an eager train block / {payload['matmul_tflops']:.2f} "
+        "TFLOP/s (a square matmul timed on this device in the same precision).",
+        "",
+    ]
+    rows, speed_rows = [], []
+    by_key = {(r["slots"], r["variant"], r["mode"]): r for r in payload["results"]}
+    for r in payload["results"]:
+        if "error" in r:
+            rows.append([r["slots"], r["variant"], r["mode"], "error: " + r["error"][:120], "", "", "", ""])
+            continue
+        eager = by_key.get((r["slots"], r["variant"], "eager"), {})
+        flops = eager.get("train_flops")
+        floor = flops / (payload["matmul_tflops"] * 1e12) if flops else None
+        rows.append([r["slots"], r["variant"], r["mode"], f"{r['train_seconds']:.4f}",
+                     f"{r['events_per_second']:,.0f}", f"{r['inference_seconds']:.4f}",
+                     "" if floor is None else f"{floor * 1e3:.2f} ms ({flops / 1e9:,.1f} GFLOP)",
+                     "" if floor is None else f"{r['train_seconds'] / floor:.1f}x"])
+    for (slots_, variant, mode), r in by_key.items():
+        base = by_key.get((slots_, BASELINE, mode))
+        if variant == BASELINE or base is None or "error" in r or "error" in base:
+            continue
+        eager = by_key.get((slots_, variant, "eager"), {})
+        compiled_gain = ("" if mode == "eager" or "error" in eager or not eager
+                         else f"{eager['train_seconds'] / r['train_seconds']:.2f}x")
+        speed_rows.append([slots_, variant, mode, f"{base['train_seconds'] / r['train_seconds']:.2f}x",
+                           f"{base['inference_seconds'] / r['inference_seconds']:.2f}x", compiled_gain])
+    lines += [markdown_table(["M", "network", "mode", "train s/block", "train events/s", "inference s",
+                              "FLOP floor of the block", "measured / floor"], rows), "",
+              "Speed-up SRMN / CmnRec in the same mode, and compiled / eager of the same network:", "",
+              markdown_table(["M", "network", "mode", "train speed-up", "inference speed-up",
+                              "compiled vs eager (train)"], speed_rows),
+              "", f"Paper (GPU, TensorFlow): training up to {PAPER['train_speedup_max']}x, inference "
+              f"{PAPER['inference_speedup_T100']}."]
+    return "\n".join(lines)
+
+
+def run_blocks(device: Any, dims: str, block_len: int, slot_values: list[int], variants: list[SpeedVariant],
+               batch_size: int, items: int, precision: str, compile_mode: str, warmup: int, repeats: int,
+               seed: int, out: Path) -> dict[str, Any]:
+    """The block workload (bench/block_speed.py) for every M, network and mode; saved after each."""
+    payload: dict[str, Any] = {
+        "benchmark": "block_speed", "date": now_utc(), "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({device})"),
+        "settings": {"dims_name": dims, "dims": DIMS[dims], "block_len": block_len, "slots": slot_values,
+                     "variants": [v.name for v in variants], "batch_size": batch_size, "items": items,
+                     "precision": precision, "compile_mode": compile_mode, "warmup": warmup,
+                     "repeats": repeats, "seed": seed},
+        "paper": PAPER, "results": [], "machine": machine_info(), "total_seconds": 0.0,
+    }
+    payload["matmul_tflops"] = block_speed.matmul_rate(device, precision,
+                                                       8192 if device.type == "cuda" else 512) / 1e12
+    began = time.perf_counter()
+    for slot_count in slot_values:
+        for variant in variants:
+            config = ModelConfig(num_items=items + 1, model=variant.model, rule=variant.rule,
+                                 block_len=block_len, slots=slot_count, **DIMS[dims])
+            for mode in ("eager", compile_mode):
+                record = block_speed.measure(config, batch_size, device, precision, mode, warmup, repeats,
+                                             seed, count_flops=mode == "eager")
+                record.update({"slots": slot_count, "variant": variant.name, "rule": config.rule,
+                               "memory_accesses_per_block": len(chunk_times(block_len, slot_count, config.rule))})
+                payload["results"].append(record)
+                shown = record.get("error") or (f"train {record['train_seconds']:.4f} s/block, inference "
+                                                f"{record['inference_seconds']:.4f} s")
+                typer.echo(f"M={slot_count} {variant.name:<11} {mode:<15} {shown}", err=True)
+                payload["machine"] = machine_info()
+                payload["total_seconds"] = time.perf_counter() - began
+                save_results(out, payload, block_markdown(payload))
+    return payload
+
+
 def main(
     dims: Annotated[str, typer.Option(help="Model sizes: paper (k=128,H=256,W=256,b=64) or small.")] = "paper",
     threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
-    block_lens: Annotated[str, typer.Option(help="Values of T.")] = "50,100",
+    block_lens: Annotated[Optional[str], typer.Option(help="Values of T (epoch: 50,100; block: 100).")] = None,
     slots: Annotated[str, typer.Option(help="Values of M.")] = "2,4,6,9,12",
     rules: Annotated[str, typer.Option(help="CmnRec chunk rules to compare with SRMN.")] = "pec,tsc",
     train_repeats: Annotated[int, typer.Option(min=1, help="Training epochs timed per network.")] = 1,
     inference_repeats: Annotated[int, typer.Option(min=1, help="Inference passes timed per network.")] = 3,
-    batch_size: Annotated[int, typer.Option(min=1, help="Users per training batch.")] = 64,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Users per training batch (epoch: 64; "
+                                                      "block: 1024).")] = None,
     eval_batch_size: Annotated[int, typer.Option(min=1, help="Users per inference batch.")] = 128,
     seed: Annotated[int, typer.Option()] = 0,
     dataset: Annotated[str, typer.Option(help="Data set name or ratings file.")] = "ml-100k",
     users: Annotated[int | None, typer.Option(min=3, help="Keep only the first N users (quick checks).")] = None,
-    out: Annotated[Path, typer.Option(help="JSON result file; the markdown goes beside it.")] =
-    RESULTS_DIR / "train_speed.json",
+    out: Annotated[Optional[Path], typer.Option(help="JSON result file; the markdown goes beside it "
+                                                "(default train_speed.json / block_speed_<device>.json).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    workload: Annotated[Optional[str], typer.Option(help="epoch (ml-100k epochs, CPU) or block (paper GPU "
+                                                    "setting); default: block on CUDA, epoch otherwise.")] = None,
+    items: Annotated[int, typer.Option(min=1, help="Block workload: catalogue size I.")] = 10_000,
+    precision: Annotated[str, typer.Option(help="Block workload: fp32 or bf16 (autocast).")] = "fp32",
+    compile_mode: Annotated[Optional[str], typer.Option(help="Block workload: torch.compile mode of the "
+                                                        "compiled runs (default reduce-overhead on CUDA, "
+                                                        "default on CPU).")] = None,
+    block_warmup: Annotated[int, typer.Option(min=1, help="Block workload: warm-up runs.")] = 3,
+    block_repeats: Annotated[int, typer.Option(min=1, help="Block workload: timed runs.")] = 10,
 ) -> None:
     """Time SRMN and CmnRec side by side and report the speedups."""
     if dims not in DIMS:
         raise typer.BadParameter(f"expected one of {', '.join(DIMS)}, got {dims!r}", param_hint="--dims")
+    try:
+        torch_device = resolve_device(device)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--device") from None
+    workload = workload or ("block" if torch_device.type == "cuda" else "epoch")
+    if workload not in ("epoch", "block"):
+        raise typer.BadParameter(f"expected epoch or block, got {workload!r}", param_hint="--workload")
+    if precision not in ("fp32", "bf16"):
+        raise typer.BadParameter(f"expected fp32 or bf16, got {precision!r}", param_hint="--precision")
+    compile_mode = compile_mode or ("reduce-overhead" if torch_device.type == "cuda" else "default")
+    if compile_mode not in ("default", "reduce-overhead", "max-autotune"):
+        raise typer.BadParameter(f"expected default, reduce-overhead or max-autotune, got {compile_mode!r}",
+                                 param_hint="--compile-mode")
+    if workload == "epoch" and torch_device.type != "cpu":
+        raise typer.BadParameter("the epoch workload runs on the CPU; use --workload block",
+                                 param_hint="--device")
+    block_lens = block_lens or ("100" if workload == "block" else "50,100")
+    batch_size = batch_size or (1024 if workload == "block" else 64)
     try:
         block_values, slot_values = parse_ints(block_lens), parse_ints(slots)
     except ValueError as error:
@@ -282,6 +407,17 @@ def main(
         raise typer.BadParameter(f"expected some of pec, tsc, exc, got {rules!r}", param_hint="--rules")
     variants = [SpeedVariant(BASELINE, "srmn", "every")]
     variants += [SpeedVariant(f"cmnrec-{rule}", "cmnrec", rule) for rule in rule_values]
+    if workload == "block":
+        if len(block_values) != 1 or max(slot_values) > block_values[0]:
+            raise typer.BadParameter("the block workload takes one T >= every M", param_hint="--block-lens")
+        torch.set_num_threads(threads)
+        out = out or RESULTS_DIR / f"block_speed_{torch_device.type}.json"
+        payload = run_blocks(torch_device, dims, block_values[0], slot_values, variants, batch_size, items,
+                             precision, compile_mode, block_warmup, block_repeats, seed, out)
+        typer.echo(block_markdown(payload))
+        typer.echo(f"\nsaved {out} and {out.with_suffix('.md')}", err=True)
+        return
+    out = out or RESULTS_DIR / "train_speed.json"
     settings = TrainSettings(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed,
                              threads=threads)
     torch.set_num_threads(threads)

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from model.config import CHUNK_RULES, MODELS, ModelConfig
-from training.settings import TrainSettings
+from training.settings import COMPILE_MODES, PRECISIONS, TrainSettings
 
 if TYPE_CHECKING:
     from data.dataset import SequenceDataset
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 # CLI never drifts from the configuration it builds.
 ModelName = Enum("ModelName", {name: name for name in MODELS}, type=str)  # type: ignore[misc]
 ChunkRule = Enum("ChunkRule", {name: name for name in CHUNK_RULES}, type=str)  # type: ignore[misc]
+Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)  # type: ignore[misc]
+CompileMode = Enum("CompileMode", {name: name for name in COMPILE_MODES}, type=str)  # type: ignore[misc]
 _MODEL = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 _TRAIN = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
 
@@ -42,6 +45,7 @@ _OPTION_OF_FIELD = {
     "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
     "patience": "--patience", "clip_norm": "--clip-norm", "threads": "--threads",
     "max_seconds": "--max-seconds", "eval_batch_size": "--eval-batch-size", "seed": "--seed",
+    "device": "--device", "precision": "--precision", "compile": "--compile", "nproc": "--nproc",
 }
 
 
@@ -121,17 +125,32 @@ def train(
     cache_dir: Optional[Path] = typer.Option(None, help="download cache for ml-100k"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/DATASET-MODEL)"),
     progress: bool = typer.Option(True, help="show the progress bar"),
+    device: str = typer.Option(_TRAIN["device"], help="auto (CUDA when present), cpu, cuda or "
+                               "cuda:N; training and evaluation run there"),
+    precision: Precision = typer.Option(Precision(_TRAIN["precision"]), help="autocast of forward "
+                                        "and loss (weights, evaluation and export stay fp32)"),
+    compile: CompileMode = typer.Option(CompileMode(_TRAIN["compile"]), help="torch.compile the "
+                                        "per-event step (reduce-overhead: CUDA graphs, CUDA only)"),
+    nproc: int = typer.Option(1, help="data-parallel processes on this machine (DDP; one per GPU "
+                              "on CUDA, gloo on CPU); or start this command under torchrun"),
 ) -> None:
     """Train a model, evaluate it (leave-one-out, full ranking) and write a run directory."""
     from training.pipeline import train_run
 
     if min_item_freq < 1:
         raise typer.BadParameter(f"must be >= 1, got {min_item_freq}", param_hint="--min-item-freq")
+    if nproc < 1:
+        raise typer.BadParameter(f"must be >= 1, got {nproc}", param_hint="--nproc")
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise typer.BadParameter("already running under torchrun: leave --nproc out",
+                                 param_hint="--nproc")
     try:
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr,
                                  weight_decay=weight_decay, seed=seed, patience=patience,
                                  clip_norm=clip_norm, threads=threads, max_seconds=max_seconds,
-                                 eval_batch_size=eval_batch_size)
+                                 eval_batch_size=eval_batch_size, device=device,
+                                 precision=precision.value, compile=compile.value)
+        _check_hardware(settings, nproc)
     except ValueError as error:
         raise _bad_option(error) from error
     data = load_dataset_source(dataset, min_item_freq=min_item_freq, seed=seed, cache_dir=cache_dir)
@@ -150,18 +169,53 @@ def train(
     console.print(f"[bold]{config.model}[/] ({config.rule}) on {data.name}: {len(data.users)} "
                   f"users, {data.num_items - 1} items, {data.num_interactions} interactions")
     source = dataset if dataset in BUILTIN_DATASETS else str(Path(dataset).resolve())
+    info = {"source": source, "min_item_freq": min_item_freq, "seed": seed}
+    if nproc > 1:
+        from training.distributed import launch
+
+        console.print(f"data-parallel: {nproc} processes; rank 0 writes {out}")
+        launch(nproc, _train_rank, data, config, settings, out, info, progress)
+        from training.checkpoint import read_metrics
+
+        saved = read_metrics(out)
+        console.print(metrics_table({s: saved[s] for s in ("valid", "test")},
+                                    f"{config.model} on {data.name} (leave-one-out, full ranking)"))
+        console.print(f"{saved['epochs']} epochs ({saved['stopped']}, best {saved['best_epoch']}), "
+                      f"{saved['seconds_per_epoch']:.2f} s/epoch, {saved['parameters']:,} parameters")
+        console.print(f"wrote {out / 'checkpoint.pt'} and {out / 'metrics.json'}")
+        return
     try:
-        result = train_run(data, config, settings, out, progress=progress,
-                           dataset_info={"source": source, "min_item_freq": min_item_freq,
-                                         "seed": seed})
+        result = train_run(data, config, settings, out, progress=progress, dataset_info=info)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--dataset") from error
+    if not result.metrics:  # a torchrun rank other than 0: rank 0 reports and writes
+        return
     report = result.report
     console.print(metrics_table(report.metrics, f"{config.model} on {data.name} "
                                 f"(leave-one-out, full ranking)"))
     console.print(f"{report.epochs} epochs ({report.stopped}, best {report.best_epoch}), "
                   f"{report.seconds_per_epoch:.2f} s/epoch, {report.parameters:,} parameters")
     console.print(f"wrote {out / 'checkpoint.pt'} and {out / 'metrics.json'}")
+
+
+def _check_hardware(settings: TrainSettings, nproc: int) -> None:
+    """The device exists, and there is one GPU per process (ValueError "field: reason")."""
+    import torch
+
+    from training.device import resolve_device
+
+    device = resolve_device(settings.device)
+    if nproc > 1 and device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise ValueError(f"nproc: {nproc} processes need {nproc} GPUs, torch sees "
+                         f"{torch.cuda.device_count()}")
+
+
+def _train_rank(data: "SequenceDataset", config: ModelConfig, settings: TrainSettings, out: Path,
+                info: dict[str, Any], progress: bool) -> None:
+    """One process of `cmnrec train --nproc N` (started by training.distributed.launch)."""
+    from training.pipeline import train_run
+
+    train_run(data, config, settings, out, progress=progress, dataset_info=info)
 
 
 def evaluate(

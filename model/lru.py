@@ -174,9 +174,11 @@ class LRURec(SequentialRecommender):
             h_im.append(im)
         return LRUState(torch.stack(h_re, dim=1), torch.stack(h_im, dim=1), x, state.pos + 1)
 
-    def forward(self, items: Tensor, state: Any) -> tuple[Tensor, Any]:
+    def forward(self, items: Tensor, state: Any,
+                first_pos: int | None = None) -> tuple[Tensor, Any]:
         """A run of events per user, each layer as one parallel scan. items: [B, L] (0 =
-        padding, only after a row's last event). Returns (logits [B, L, I], state after L)."""
+        padding, only after a row's last event). Returns (logits [B, L, I], state after L).
+        first_pos: accepted for the trainer's common call; LRURec has no chunk schedule."""
         _, length = items.shape
         x = self.embed_norm(self.dropout(self.embedding(items)))  # [B, L, k]
         h_re, h_im = [], []

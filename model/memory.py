@@ -75,20 +75,21 @@ class DNCMemory(nn.Module):
 
     def step(self, controller_output: Tensor, state: MemoryState) -> tuple[Tensor, MemoryState]:
         """One write-then-read. controller_output: [B, H]. Returns (read vectors [B, R, W], D_t)."""
+        # state unpacked by position (not as attributes): see CmnRec.controller_step's note
+        old_memory, old_usage, old_link, old_precedence, old_write, old_read = state
         xi = self.split_interface(controller_output)
-        usage = addressing.usage_update(state.usage, state.write_weights, xi.free_gates,
-                                        state.read_weights)
+        usage = addressing.usage_update(old_usage, old_write, xi.free_gates, old_read)
         allocation = addressing.allocation_weights(usage)
-        write_content = addressing.cosine_weights(state.memory, xi.write_key,
+        write_content = addressing.cosine_weights(old_memory, xi.write_key,
                                                   xi.write_strength).squeeze(1)
         write_weights = addressing.write_weighting(allocation, write_content, xi.allocation_gate,
                                                    xi.write_gate)
-        memory = addressing.erase_and_add(state.memory, write_weights, xi.erase, xi.add)
-        link = addressing.link_update(state.link, state.precedence, write_weights)
-        precedence = addressing.precedence_update(state.precedence, write_weights)
+        memory = addressing.erase_and_add(old_memory, write_weights, xi.erase, xi.add)
+        link = addressing.link_update(old_link, old_precedence, write_weights)
+        precedence = addressing.precedence_update(old_precedence, write_weights)
         read_content = addressing.cosine_weights(memory, xi.read_keys, xi.read_strengths)
-        forward = addressing.directional_weights(link, state.read_weights, forward=True)
-        backward = addressing.directional_weights(link, state.read_weights, forward=False)
+        forward = addressing.directional_weights(link, old_read, forward=True)
+        backward = addressing.directional_weights(link, old_read, forward=False)
         modes = xi.read_modes
         read_weights = (modes[..., 0:1] * backward + modes[..., 1:2] * read_content
                         + modes[..., 2:3] * forward)

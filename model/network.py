@@ -42,6 +42,7 @@ class SequentialRecommender(nn.Module, ABC):
         self.dropout = nn.Dropout(config.dropout)
         self.decode = nn.Linear(config.projection_dim, config.num_items)
         mask = chunk_mask(config.block_len, config.slots, config.rule)
+        self.schedule = mask  # the same flags on the host: tuple[bool, ...] of length T
         self.register_buffer("chunk_mask", torch.tensor(mask, dtype=torch.bool), persistent=False)
 
     # -- to be defined by each model --------------------------------------------------------
@@ -81,17 +82,28 @@ class SequentialRecommender(nn.Module, ABC):
         state = self.advance(self.dropout(self.embedding(items)), state, chunk)
         return self.scores(state), state
 
-    def forward(self, items: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """A run of events per user. items: [B, L] (0 = padding). Returns ([B, L, I], state)."""
+    def forward(self, items: Tensor, state: Any,
+                first_pos: int | None = None) -> tuple[Tensor, Any]:
+        """A run of events per user. items: [B, L] (0 = padding). Returns ([B, L, I], state).
+
+        first_pos: the pos every row of `state` is at, when the caller knows it (the trainer
+        does); the chunk flags then come from the host-side schedule and the loop reads no device
+        value on the host (no synchronisation, capturable in a CUDA graph). None: read state.pos.
+        """
         _, length = items.shape
         embedded = self.dropout(self.embedding(items))  # [B, L, k]
-        offsets = torch.arange(length, device=items.device)
-        flags = self.chunk_mask[(state.pos.unsqueeze(1) + offsets) % self.config.block_len]
-        aligned = bool((flags == flags[:1]).all())  # all rows at the same block position
-        shared = flags[0].tolist() if aligned else None
+        flags: Tensor | None = None
+        if first_pos is not None:
+            block = self.config.block_len
+            shared = [self.schedule[(first_pos + t) % block] for t in range(length)]
+        else:
+            offsets = torch.arange(length, device=items.device)
+            flags = self.chunk_mask[(state.pos.unsqueeze(1) + offsets) % self.config.block_len]
+            aligned = bool((flags == flags[:1]).all())  # all rows at the same block position
+            shared = flags[0].tolist() if aligned else None
         features = []
         for t in range(length):
-            chunk: ChunkFlag = shared[t] if shared is not None else flags[:, t]
+            chunk: ChunkFlag = shared[t] if shared is not None else flags[:, t]  # type: ignore[index]
             state = self.advance(embedded[:, t], state, chunk)
             features.append(self.features(state))
         return self.output(torch.stack(features, dim=1)), state
@@ -135,17 +147,31 @@ class CmnRec(SequentialRecommender):
             return chunked
         return _select_rows(chunk, chunked, plain)
 
+    # controller_step and memory_step are what torch.compile traces (training/device.py). They
+    # unpack the incoming state by position instead of reading its fields as attributes, and build
+    # the new state with the constructor instead of _replace. Reported failure (issue 11, on the
+    # GPU machine's torch): InternalTorchDynamoError: IndexError: tuple index out of range at
+    # `state.read` / `state.attn_norm`, the first field read of each function. That is what dynamo
+    # does when it resolves a NamedTuple field through the class's _tuplegetter descriptor on an
+    # empty placeholder tuple (the bug of pytorch/pytorch#181687). Unpacking reads the traced
+    # items instead. The pinned torch 2.13.0 traces both forms; the arithmetic is the same.
+
     def controller_step(self, embedded: Tensor, state: MemoryRecState) -> MemoryRecState:
         """Steps 2-3 and 6: one controller pass, o folded into the chunk summary; D and r kept.
 
         This is the whole update of a non-chunk event. embedded: [B, k] v = E[x].
         """
-        read_flat = state.read.flatten(1)
-        o, c = self.controller(torch.cat([embedded, read_flat], dim=-1), (state.h, state.c))
+        (h, c, _, read, memory, usage, link, precedence, write_weights, read_weights,
+         attn_max, attn_norm, attn_sum, pos) = state
+        read_flat = read.flatten(1)
+        o, c = self.controller(torch.cat([embedded, read_flat], dim=-1), (h, c))
         score = self.attention.score(o, self.attention.context(read_flat))
-        m, s, n = self.attention.fold(state.attn_max, state.attn_norm, state.attn_sum, score, o)
-        return state._replace(h=o, c=c, out=o, attn_max=m, attn_norm=s, attn_sum=n,
-                              pos=state.pos + 1)
+        m, s, n = self.attention.fold(attn_max, attn_norm, attn_sum, score, o)
+        return MemoryRecState(
+            h=o, c=c, out=o, read=read, memory=memory, usage=usage, link=link,
+            precedence=precedence, write_weights=write_weights, read_weights=read_weights,
+            attn_max=m, attn_norm=s, attn_sum=n, pos=pos + 1,
+        )
 
     def memory_step(self, state: MemoryRecState) -> MemoryRecState:
         """Step 4 at a chunk time, applied to the state `controller_step` returned.
@@ -153,16 +179,15 @@ class CmnRec(SequentialRecommender):
         h becomes the attention summary a (Eq. 9), the DNC writes then reads with o = state.out,
         and the chunk summary is reset. c, out and pos are kept.
         """
-        summary = self.attention.readout(state.attn_norm, state.attn_sum)  # a_i
-        read, mem = self.memory.step(state.out, MemoryState(state.memory, state.usage, state.link,
-                                                            state.precedence, state.write_weights,
-                                                            state.read_weights))
-        return state._replace(
-            h=summary, read=read, memory=mem.memory, usage=mem.usage, link=mem.link,
-            precedence=mem.precedence, write_weights=mem.write_weights,
-            read_weights=mem.read_weights, attn_max=torch.full_like(state.attn_max, NEG_INF),
-            attn_norm=torch.zeros_like(state.attn_norm),
-            attn_sum=torch.zeros_like(state.attn_sum),
+        (_, c, out, _, *dnc, attn_max, attn_norm, attn_sum, pos) = state  # dnc: the 6 fields of D
+        summary = self.attention.readout(attn_norm, attn_sum)  # a_i
+        read, (memory, usage, link, precedence, write_weights, read_weights) = self.memory.step(
+            out, MemoryState(*dnc))
+        return MemoryRecState(
+            h=summary, c=c, out=out, read=read, memory=memory, usage=usage, link=link,
+            precedence=precedence, write_weights=write_weights, read_weights=read_weights,
+            attn_max=torch.full_like(attn_max, NEG_INF), attn_norm=torch.zeros_like(attn_norm),
+            attn_sum=torch.zeros_like(attn_sum), pos=pos,
         )
 
     def features(self, state: MemoryRecState) -> Tensor:

@@ -48,14 +48,15 @@ def save_run(run_dir: str | Path, model: SequentialRecommender, vocab: ItemVocab
     return path
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Rebuild the model of a run directory in eval mode; a clear error if it is not one."""
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Rebuild the model of a run directory in eval mode on `device` (whatever device it was
+    trained on: the tensors are mapped there); a clear error if it is not a run directory."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"--run: no {CHECKPOINT_FILE} in {run_dir} (train a model first)")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = torch.load(path, map_location=device, weights_only=True)
     config = ModelConfig.from_dict(payload["config"])
-    model = build_model(config)
+    model = build_model(config).to(device)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return Run(model=model, config=config, vocab=ItemVocab.from_dict(payload["vocab"]),

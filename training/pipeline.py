@@ -12,6 +12,7 @@ from data.dataset import SequenceDataset
 from data.split import evaluation_users
 from model.config import ModelConfig
 from model.network import SequentialRecommender
+from training import distributed
 from training.checkpoint import save_run, write_metrics
 from training.evaluation import evaluate_model
 from training.trainer import TrainReport, TrainSettings, train_model
@@ -31,9 +32,13 @@ def train_run(data: SequenceDataset, config: ModelConfig, settings: TrainSetting
 
     metrics.json keys: `valid` / `test` rank every item; `seen_excluded.valid` /
     `seen_excluded.test` never rank an item the user interacted with before the target.
-    Raises ValueError (from train_model) when the data set cannot be trained on.
+    Raises ValueError (from train_model) when the data set cannot be trained on. Under torchrun,
+    rank 0 alone evaluates and writes; the other ranks return empty metrics. The returned model is
+    on the CPU (trained and evaluated on settings.device).
     """
     net, report = train_model(data, config, settings, progress=progress)
+    if not distributed.from_environment().is_main:  # a data-parallel rank other than 0
+        return RunResult(model=net.cpu(), report=report, metrics={}, out=Path(out))
     seen_excluded = evaluate_model(net, data, batch_size=settings.eval_batch_size,
                                    exclude_seen=True)
     info = {"name": data.name, "users": len(data.users), "items": data.num_items - 1,
@@ -51,4 +56,4 @@ def train_run(data: SequenceDataset, config: ModelConfig, settings: TrainSetting
         "seen_excluded": seen_excluded,
     }
     write_metrics(out, metrics)
-    return RunResult(model=net, report=report, metrics=metrics, out=Path(out))
+    return RunResult(model=net.cpu(), report=report, metrics=metrics, out=Path(out))

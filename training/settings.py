@@ -5,6 +5,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+PRECISIONS = ("fp32", "bf16")  # autocast dtype of forward + loss; weights stay fp32
+COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile mode of the per-event step
+
+
+def valid_device(spec: str) -> bool:
+    """auto (CUDA when present), cpu, cuda or cuda:N; whether it exists is checked when training."""
+    return spec in ("auto", "cpu", "cuda") or (spec.startswith("cuda:") and spec[5:].isdigit())
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -21,6 +29,9 @@ class TrainSettings:
     max_seconds: float | None = None  # wall-clock budget of the training loop; None = no limit
     eval_batch_size: int = 128  # users per evaluation forward
     deterministic: bool = True  # torch.use_deterministic_algorithms during training
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N: training and evaluation
+    precision: str = "fp32"  # fp32 | bf16 (autocast of forward + loss; weights and eval in fp32)
+    compile: str = "off"  # off | default | reduce-overhead (CUDA graphs): torch.compile the step
 
     def __post_init__(self) -> None:
         checks = {
@@ -29,6 +40,8 @@ class TrainSettings:
             "clip_norm": self.clip_norm >= 0, "eval_batch_size": self.eval_batch_size >= 1,
             "threads": self.threads is None or self.threads >= 1,
             "max_seconds": self.max_seconds is None or self.max_seconds > 0,
+            "device": valid_device(self.device), "precision": self.precision in PRECISIONS,
+            "compile": self.compile in COMPILE_MODES,
         }
         for name, ok in checks.items():
             if not ok:

@@ -9,6 +9,7 @@ service: the state after a user's n-th event here is the state the service holds
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,9 @@ from data.split import training_item_counts, training_sequences
 from model.config import ModelConfig
 from model.network import PopularityRecommender, SequentialRecommender, build_model
 from training.batching import length_sorted_batches, pad_right
+from training import distributed
+from training.device import (autocast, compile_steps, eager_steps, resolve_device, to_device,
+                             uncompile)
 from training.evaluation import evaluate_model
 from training.settings import TrainSettings
 
@@ -64,47 +68,74 @@ def _detached(state: Any) -> Any:
 
 def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
                 sequences: list[np.ndarray], batches: list[np.ndarray], settings: TrainSettings,
-                bar: tqdm, deadline: float | None) -> tuple[float, int, bool]:
-    """One pass over the batches. Returns (mean loss per target, targets seen, ran out of time)."""
-    model.train()
-    block = model.config.block_len
-    total_loss, total_targets = 0.0, 0
+                bar: tqdm, deadline: float | None,
+                cluster: distributed.Cluster = distributed.SINGLE) -> tuple[float, int, bool]:
+    """One pass over the batches. Returns (mean loss per target, targets seen, ran out of time).
+
+    model: the network, or its DDP wrapper when cluster.parallel; it runs on its parameters'
+    device. batches: the global batches, sharded here by cluster.rank (training/distributed.py).
+    Per batch, the padded users go to the device in one copy; per block, nothing is read back on
+    the host (target counts come from the host-side lengths, the loss is summed on the device).
+    """
+    core = distributed.unwrap(model)
+    core.train()
+    device = next(core.parameters()).device
+    block = core.config.block_len
+    total_loss = torch.zeros((), device=device)  # summed on the device: read once per epoch
+    local_targets, total_targets = 0, 0
     for rows in batches:
-        padded = torch.from_numpy(pad_right([sequences[r] for r in rows]))  # [B, L]
-        inputs, targets = padded[:, :-1], padded[:, 1:]  # x_t predicts x_{t+1}: [B, L-1] each
+        lengths = np.array([len(sequences[r]) for r in rows], dtype=np.int64)
+        width = int(lengths.max()) - 1  # input positions of the longest user of the global batch
+        mine = rows[cluster.rank::cluster.world]
+        # A rank without users in this batch keeps one all-padding row (no target, no loss).
+        padded = to_device(pad_right([sequences[r] for r in mine] or [np.zeros(0, np.int64)],
+                                     length=width + 1), device)  # [b, L]
+        inputs, targets = padded[:, :-1], padded[:, 1:]  # x_t predicts x_{t+1}: [b, L-1] each
         # Events with a next event to predict; rows come longest first (length_sorted_batches).
-        predicting = torch.tensor([len(sequences[r]) - 1 for r in rows])
-        state = model.initial_state(len(rows))
-        for start in range(0, inputs.shape[1], block):
-            active = int((predicting > start).sum())  # rows with a target in this block: a prefix
+        predicting = lengths[cluster.rank::cluster.world] - 1
+        state = core.initial_state(padded.shape[0], device=device)
+        for start in range(0, width, block):
+            # targets in this block over all ranks (the loss divisor) and on this rank
+            count = int(np.clip(lengths - 1 - start, 0, block).sum())
+            local = int(np.clip(predicting - start, 0, block).sum())
+            active = max(int((predicting > start).sum()), 1)  # rows with a target here: a prefix
             state = _rows(state, active)
             x = inputs[:active, start: start + block]  # [a, t]
             y = targets[:active, start: start + block]  # [a, t], 0 where the row has ended
-            logits, state = model(x, state)  # [a, t, I]
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                   ignore_index=PAD_ID)
+            if settings.compile == "reduce-overhead":  # a new step for the CUDA graph trees
+                torch.compiler.cudagraph_mark_step_begin()
+            with autocast(device, settings.precision):
+                logits, state = model(x, state, first_pos=start)  # [a, t, I]
+                summed = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                         ignore_index=PAD_ID, reduction="sum")
+            # the mean over the global batch's targets; DDP's mean over ranks undoes the factor
+            loss = summed * (cluster.world / count)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm)
+                torch.nn.utils.clip_grad_norm_(core.parameters(), settings.clip_norm)
             optimizer.step()
             state = _detached(state)  # truncated back-propagation: the next block starts here
-            count = int((y != PAD_ID).sum())
-            total_loss += float(loss.detach()) * count
+            total_loss += summed.detach()
+            local_targets += local
             total_targets += count
             bar.update(count)
-            bar.set_postfix(loss=f"{total_loss / max(total_targets, 1):.4f}", refresh=False)
-        if deadline is not None and time.perf_counter() > deadline:
-            return total_loss / max(total_targets, 1), total_targets, True
-    return total_loss / max(total_targets, 1), total_targets, False
+        if not bar.disable:  # one read-back per batch, only to show the running loss
+            bar.set_postfix(loss=f"{float(total_loss) / max(local_targets, 1):.4f}",
+                            refresh=False)
+        late = deadline is not None and time.perf_counter() > deadline
+        if deadline is not None and distributed.any_rank(late, cluster, device):
+            return float(total_loss) / max(local_targets, 1), total_targets, True
+    return float(total_loss) / max(local_targets, 1), total_targets, False
 
 
 def _fit_popularity(model: PopularityRecommender, dataset: SequenceDataset,
-                    settings: TrainSettings) -> TrainReport:
+                    settings: TrainSettings, cluster: distributed.Cluster) -> TrainReport:
     began = time.perf_counter()
-    model.fit(torch.from_numpy(training_item_counts(dataset)))
+    model.fit(torch.from_numpy(training_item_counts(dataset)).to(model.log_counts.device))
     fit_seconds = time.perf_counter() - began
-    metrics = evaluate_model(model, dataset, batch_size=settings.eval_batch_size)
+    metrics = (evaluate_model(model, dataset, batch_size=settings.eval_batch_size)
+               if cluster.is_main else {})
     return TrainReport(metrics=metrics, seconds_per_epoch=fit_seconds,
                        train_seconds=time.perf_counter() - began, parameters=0)
 
@@ -114,35 +145,48 @@ def train_model(dataset: SequenceDataset, config: ModelConfig, settings: TrainSe
     """Build the model of `config`, train it on `dataset`'s training histories, keep the epoch with
     the best validation NDCG@10, and evaluate it (leave-one-out, full ranking).
 
-    Returns (model in eval mode with the best weights, report).
+    Runs on settings.device; under torchrun (WORLD_SIZE > 1) as one rank of a data-parallel job
+    (training/distributed.py), where only rank 0 evaluates: the other ranks' report has no metrics.
+    Returns (model in eval mode with the best weights, on the training device; report).
     """
     if config.num_items != dataset.num_items:
         raise ValueError(f"num_items: config has {config.num_items}, data set has "
                          f"{dataset.num_items} (including padding)")
+    cluster = distributed.from_environment()
+    device = distributed.process_device(cluster, resolve_device(settings.device))
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
+    if device.type == "cuda" and settings.deterministic:
+        # cuBLAS needs this to be deterministic (PyTorch's reproducibility notes)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(settings.deterministic)
+    opened = distributed.join(cluster, device)
     try:
-        model = build_model(config)
+        model = build_model(config).to(device)
+        torch.manual_seed(settings.seed + cluster.rank)  # dropout differs between ranks
         if isinstance(model, PopularityRecommender):
-            report = _fit_popularity(model, dataset, settings)
+            report = _fit_popularity(model, dataset, settings, cluster)
             return model.eval(), report
-        report = _train_network(model, dataset, settings, rng, progress)
+        report = _train_network(model, dataset, settings, rng, progress and cluster.is_main,
+                                cluster)
         return model.eval(), report
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+        distributed.leave(opened)
 
 
 def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
                    settings: TrainSettings, rng: np.random.Generator,
-                   progress: bool) -> TrainReport:
+                   progress: bool, cluster: distributed.Cluster = distributed.SINGLE) -> TrainReport:
     began = time.perf_counter()
     deadline = None if settings.max_seconds is None else began + settings.max_seconds
+    device = next(model.parameters()).device
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
                                  weight_decay=settings.weight_decay)
+    trained = distributed.wrap(compile_steps(model, settings.compile), cluster, device)
     sequences = training_sequences(dataset)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     trainable = np.flatnonzero(lengths >= 2)  # a user needs two events for one prediction
@@ -154,18 +198,24 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
     best_score, best_epoch, best_weights = -1.0, 0, None
     epochs_without_gain, stopped, epoch_seconds = 0, "completed", []
     for epoch in range(1, settings.epochs + 1):
-        batches = [trainable[b] for b in length_sorted_batches(lengths[trainable],
-                                                               settings.batch_size, rng)]
+        # the same global batches on every rank; each trains its shard of every batch
+        batches = [trainable[b] for b in length_sorted_batches(
+            lengths[trainable], settings.batch_size * cluster.world, rng)]
         epoch_began = time.perf_counter()
         with tqdm(total=targets_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", unit="ev",
                   unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True) as bar:
-            loss, seen, out_of_time = train_epoch(model, optimizer, sequences, batches, settings,
-                                                  bar, deadline)
+            loss, seen, out_of_time = train_epoch(trained, optimizer, sequences, batches,
+                                                  settings, bar, deadline, cluster)
         seconds = time.perf_counter() - epoch_began
         if not out_of_time or not epoch_seconds:  # a cut-short epoch is no epoch's timing
             epoch_seconds.append(seconds)
-        valid = evaluate_model(model, dataset, batch_size=settings.eval_batch_size)["valid"]
-        score = valid[EARLY_STOPPING_METRIC]
+        # rank 0 evaluates and decides; every rank follows its decision
+        with eager_steps(model):
+            valid = (evaluate_model(model, dataset, batch_size=settings.eval_batch_size)["valid"]
+                     if cluster.is_main else {})
+        late = deadline is not None and time.perf_counter() > deadline
+        score, late_anywhere = distributed.from_main(
+            [valid.get(EARLY_STOPPING_METRIC, 0.0), float(late)], cluster, device)
         improved = score > best_score
         if improved:
             best_score, best_epoch, epochs_without_gain = score, epoch, 0
@@ -179,16 +229,18 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
             tqdm.write(f"epoch {epoch}: loss {loss:.4f}  valid {EARLY_STOPPING_METRIC} "
                        f"{score:.4f}  {seen / max(seconds, 1e-9):,.0f} events/s"
                        f"{'  (best)' if improved else ''}")
-        if out_of_time or (deadline is not None and time.perf_counter() > deadline):
+        if out_of_time or late_anywhere:
             stopped = "max_seconds"
             break
         if settings.patience and epochs_without_gain >= settings.patience:
             stopped = "early_stopping"
             break
 
+    uncompile(model)
     if best_weights is not None:
         model.load_state_dict(best_weights)
-    metrics = evaluate_model(model, dataset, batch_size=settings.eval_batch_size)
+    metrics = (evaluate_model(model, dataset, batch_size=settings.eval_batch_size)
+               if cluster.is_main else {})
     return TrainReport(metrics=metrics, history=history, best_epoch=best_epoch,
                        epochs=len(history), seconds_per_epoch=float(np.mean(epoch_seconds)),
                        train_seconds=time.perf_counter() - began,
