@@ -43,6 +43,15 @@ class Settings(BaseSettings):
                                  description="recent event ids kept per user for de-duplication")
     cas_retry_limit: int = Field(64, ge=1, le=10_000,
                                  description="compare-and-set attempts before answering 409")
+    # Redis Cluster and replication (service/state/cluster.py, README "Scaling out")
+    redis_cluster: bool = Field(
+        False, description="REDIS_URL is a seed node of a Redis Cluster (same as the scheme "
+                           "redis+cluster://host:port)")
+    redis_wait_replicas: int = Field(
+        0, ge=0, le=16, description="after each commit, WAIT until this many replicas have it "
+                                    "before acknowledging; fewer in time answers 503; 0 = no WAIT")
+    redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000,
+                                       description="longest WAIT for redis_wait_replicas")
 
     # HTTP API limits
     max_batch_size: int = Field(1000, ge=1, le=100_000, description="events per batch request")

@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.state import lua
+from service.state import cluster, lua
 from service.state.domain import StateStoreUnavailable, UserSnapshot
 from service.state.keys import KeySchema, UserKeys
 
@@ -58,8 +58,11 @@ class StateRepo:
     """The round trips of one key prefix over a redis.asyncio client (bytes replies)."""
 
     def __init__(self, redis: aioredis.Redis, keys: KeySchema, *, ttl_seconds: int,
-                 recent_cap: int, event_window: int) -> None:
+                 recent_cap: int, event_window: int, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 1000) -> None:
         self.redis = redis
+        self.wait_replicas = wait_replicas  # WAIT after each commit (0: none); README "Scaling out"
+        self.wait_timeout_ms = wait_timeout_ms
         self.keys = keys
         self.ttl_seconds = ttl_seconds
         self.recent_cap = recent_cap
@@ -72,7 +75,8 @@ class StateRepo:
         plans = [(self.keys.user(user), sorted(set(event_ids))) for user, event_ids in users]
         commands: list[lua.Command] = []
         for keys, event_ids in plans:
-            commands.append(lambda p, k=keys: p.mget(k.state, k.version, k.pos))
+            # execute_command: a cluster pipeline blocks mget(); one user's keys share one slot
+            commands.append(lambda p, k=keys: p.execute_command("MGET", k.state, k.version, k.pos))
             if need_recent:
                 commands.append(lambda p, k=keys: p.lrange(k.recent, 0, -1))
             if event_ids:
@@ -115,8 +119,18 @@ class StateRepo:
             for item_id, event_id in w.events:
                 args.extend((item_id, event_id))
             commands.append(lambda p, keys=list(w.read.keys), a=args: lua.CAS.queue(p, keys, a))
+        if self.wait_replicas and writes:
+            commands.extend(cluster.wait_commands(self.redis, [w.read.keys.state for w in writes],
+                                                  self.wait_replicas, self.wait_timeout_ms))
         replies = self._checked(await self.call(lua.run_pipelined(self.redis, commands)))
-        return [int(reply[0]) for reply in replies]
+        if self.wait_replicas and writes:
+            acked = [int(reply) for reply in replies[len(writes):]]
+            if min(acked) < self.wait_replicas:
+                raise StateStoreUnavailable(
+                    f"only {min(acked)} of {self.wait_replicas} replicas confirmed the commit "
+                    f"within {self.wait_timeout_ms} ms (it may still be applied: retry with the "
+                    f"same event id)")
+        return [int(reply[0]) for reply in replies[:len(writes)]]
 
     async def snapshot(self, user_id: str) -> UserSnapshot:
         """Everything stored for one user, read in one round trip."""
@@ -138,7 +152,7 @@ class StateRepo:
         """Whether Redis answers (False rather than an exception)."""
         try:
             return bool(await self.redis.ping())
-        except (RedisError, OSError):
+        except (RedisError, OSError, *cluster.UNAVAILABLE_ERRORS):
             return False
 
     async def call(self, awaitable: Awaitable[T]) -> T:
@@ -146,7 +160,9 @@ class StateRepo:
         StateStoreUnavailable."""
         try:
             return await awaitable
-        except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError) as err:
+        except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError,
+                *cluster.UNAVAILABLE_ERRORS) as err:
+            cluster.forget_topology(self.redis, err)
             raise StateStoreUnavailable(f"Redis unavailable: {err or type(err).__name__}") from err
         except lua.ScriptsLost as err:
             raise StateStoreUnavailable(str(err)) from err
@@ -165,7 +181,8 @@ class StateRepo:
 
 def raise_unavailable_or(error: Exception) -> None:
     """Raise StateStoreUnavailable for an error meaning 'Redis cannot serve now', else `error`."""
-    if isinstance(error, (RedisConnectionError, RedisTimeoutError)) or (
+    if isinstance(error, (RedisConnectionError, RedisTimeoutError,
+                          *cluster.UNAVAILABLE_ERRORS)) or (
             isinstance(error, ResponseError)
             and str(error).split(" ", 1)[0] in _UNAVAILABLE_REPLIES):
         raise StateStoreUnavailable(f"Redis unavailable: {error}") from error
