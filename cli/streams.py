@@ -151,14 +151,16 @@ def replay(
 
             import redis
 
-            client = redis.Redis.from_url(settings.redis_url,
-                                          socket_timeout=settings.redis_timeout_seconds)
+            from service.state.cluster import UNAVAILABLE_ERRORS, open_sync
+
+            client = open_sync(settings.redis_url, settings,
+                               socket_timeout=settings.redis_timeout_seconds)
             try:
                 started = time.perf_counter()
                 published = publish_replay(client, events, partitions=settings.stream_partitions,
                                            prefix=settings.key_prefix, on_progress=advance)
                 seconds = time.perf_counter() - started
-            except redis.RedisError as error:
+            except (redis.RedisError, *UNAVAILABLE_ERRORS) as error:
                 console.print(f"[red]error:[/red] Redis at {settings.redis_url}: {error}")
                 raise typer.Exit(1) from None
             finally:
