@@ -135,7 +135,7 @@ class LocalRedisCluster:
     def _launch(self, port: int) -> ClusterNode:
         assert self._workdir is not None
         workdir = Path(self._workdir.name) / str(port)
-        workdir.mkdir()
+        workdir.mkdir(exist_ok=True)  # a restarted node finds its nodes.conf there
         command = [
             str(self.binary), "--port", str(port), "--bind", "127.0.0.1",
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -241,5 +241,17 @@ class LocalRedisCluster:
             if node.port == port:
                 node.process.send_signal(signal.SIGKILL)
                 node.process.wait()
+                return
+        raise KeyError(port)
+
+    def restart_node(self, port: int) -> None:
+        """Start the (killed) node on `port` again with its nodes.conf: it rejoins the cluster, as
+        a replica of whoever took over its slots (what an orchestrator restarting it would do)."""
+        for i, node in enumerate(self.nodes):
+            if node.port == port:
+                if node.process.poll() is None:
+                    raise RuntimeError(f"node {port} is running")
+                self.nodes[i] = self._launch(port)
+                self._wait_ping(self.nodes[i], time.monotonic() + self.startup_timeout)
                 return
         raise KeyError(port)

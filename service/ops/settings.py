@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -94,3 +94,11 @@ class Settings(BaseSettings):
         0.5, gt=0, le=60, description="pause after a failed batch before reclaiming it")
     worker_metrics_port: int = Field(9100, ge=0, le=65535,
                                      description="port of the stream worker's /metrics; 0 = none")
+
+    @model_validator(mode="after")
+    def _wait_fits_in_the_socket_timeout(self) -> "Settings":
+        if self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_timeout_seconds * 1000:
+            raise ValueError(f"redis_wait_timeout_ms ({self.redis_wait_timeout_ms}) must be below "
+                             f"redis_timeout_seconds ({self.redis_timeout_seconds} s): a WAIT that "
+                             f"runs out would otherwise read as a lost connection")
+        return self

@@ -64,11 +64,31 @@ def open_cluster(url: str, settings: Settings) -> aioredis.RedisCluster:
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    return aioredis.RedisCluster.from_url(
+    client = aioredis.RedisCluster.from_url(
         plain_url(url), max_connections=settings.redis_max_connections,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         retry=Retry(NoBackoff(), 0), require_full_coverage=False, decode_responses=False)
+    _keep_command_table(client)
+    return client
+
+
+def _keep_command_table(client: aioredis.RedisCluster) -> None:
+    """Re-reading the slot map also re-reads the COMMAND table from the first master listed, and
+    fails as a whole when that master is the one that just died (it stays listed until its replica
+    is promoted): every slot would answer 503 for the whole failover. The table does not change
+    with a failover, so once read it is kept."""
+    parser = client.commands_parser
+    first_read = parser.initialize
+
+    async def initialize(node: Any = None) -> None:
+        if getattr(parser, "commands", None):
+            if node is not None:
+                parser.node = node
+            return
+        await first_read(node)
+
+    parser.initialize = initialize
 
 
 def open_sync(url: str, settings: Settings | None = None, **kwargs: Any) -> redis.Redis:
