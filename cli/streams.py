@@ -47,6 +47,7 @@ def worker(
         redis_url_or_embedded,
     )
     from service.ops.settings import Settings
+    from service.state.cluster import UnsupportedRedis
     from service.streams.runner import run_worker
     from service.streams.worker import default_consumer_name
 
@@ -75,7 +76,7 @@ def worker(
                        err=True)
             totals = asyncio.run(run_worker(settings, url, consumer=consumer,
                                             metrics_port=settings.worker_metrics_port))
-    except (RedisServerNotFound, RedisServerFailed) as error:
+    except (RedisServerNotFound, RedisServerFailed, UnsupportedRedis) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
     typer.echo(f"worker {consumer} stopped: {totals.entries} entries, "

@@ -131,3 +131,36 @@ def wait_commands(client: Any, written_keys: list[str], replicas: int, timeout_m
     return [Trailer(lambda p, n=node: p.execute_command("WAIT", replicas, timeout_ms,
                                                         target_nodes=n))
             for node in nodes.values()]
+
+
+# Oldest Redis the service supports: XAUTOCLAIM (6.2), XADD/XTRIM MINID (6.2), LPOS (6.0.6). Replies
+# that differ between supported versions are read for both: XAUTOCLAIM answers [cursor, entries] on
+# 6.2 and [cursor, entries, deleted ids] on 7 (service/streams/partitions.py); XINFO GROUPS has no
+# `lag` field before 7 (the worker then leaves the lag gauge alone).
+MIN_REDIS_VERSION = (6, 2, 0)
+
+
+class UnsupportedRedis(RuntimeError):
+    """The Redis server is older than MIN_REDIS_VERSION."""
+
+
+async def check_redis_version(client: Any) -> tuple[int, ...] | None:
+    """Raise UnsupportedRedis if the server (every master of a cluster answers the same INFO
+    section) is older than MIN_REDIS_VERSION; the version, or None if Redis does not answer now."""
+    try:
+        info = await client.info("server")
+    except (RedisConnectionError, RedisTimeoutError, OSError, *UNAVAILABLE_ERRORS):
+        return None
+    if isinstance(info, dict) and "redis_version" not in info:  # per node, from some clients
+        info = next(iter(info.values()), {})
+    return require_supported(str(info.get("redis_version", "0")))
+
+
+def require_supported(version_text: str) -> tuple[int, ...]:
+    """'7.0.15' -> (7, 0, 15); UnsupportedRedis below MIN_REDIS_VERSION."""
+    version = tuple(int(x) for x in version_text.split(".")[:3] if x.isdigit())
+    if version < MIN_REDIS_VERSION:
+        raise UnsupportedRedis(
+            f"Redis {version_text} is too old: cmnrec needs Redis >= "
+            f"{'.'.join(map(str, MIN_REDIS_VERSION))} (XAUTOCLAIM, XTRIM MINID)")
+    return version

@@ -7,6 +7,7 @@ import signal
 import threading
 
 from service.ops.settings import Settings
+from service.state.cluster import check_redis_version
 from service.state.connection import open_redis
 from service.state.store import StateStore
 from service.streams.worker import StreamWorker, WorkerTotals
@@ -43,6 +44,7 @@ async def run_worker(settings: Settings, redis_url: str, *, consumer: str | None
         log.info("worker metrics on :%d/metrics", metrics_port)
     client = open_redis(redis_url, settings)
     try:
+        await check_redis_version(client)  # too old: UnsupportedRedis, before reading anything
         store = StateStore.from_settings(client, engine, settings)
         worker = StreamWorker(client, store, settings, consumer)
         await worker.run(stop)
