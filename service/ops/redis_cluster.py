@@ -205,6 +205,7 @@ class LocalRedisCluster:
         for node in nodes:
             if node.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
+                    node.process.send_signal(signal.SIGCONT)  # a paused node must see SIGTERM
                     node.process.terminate()
         for node in nodes:
             try:
@@ -255,3 +256,30 @@ class LocalRedisCluster:
                 self._wait_ping(self.nodes[i], time.monotonic() + self.startup_timeout)
                 return
         raise KeyError(port)
+
+    def replica_ports_of(self, master_port: int) -> list[int]:
+        """Ports of the replicas the master on `master_port` reports."""
+        client = redis.Redis(port=master_port, socket_timeout=1.0, decode_responses=True)
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        return [int(value["port"]) for key, value in info.items()
+                if key.startswith("slave") and isinstance(value, dict)]
+
+    def pause_node(self, port: int, paused: bool = True) -> None:
+        """SIGSTOP (paused) or SIGCONT the node on `port`: a replica that falls behind."""
+        for node in self.nodes:
+            if node.port == port:
+                node.process.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+                return
+        raise KeyError(port)
+
+    def drop_replica_links(self, master_port: int) -> None:
+        """The master closes its replication connections (CLIENT KILL TYPE replica); a paused
+        replica then gets nothing more of what the master writes until it reconnects."""
+        client = redis.Redis(port=master_port, socket_timeout=1.0)
+        try:
+            client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        finally:
+            client.close()

@@ -4,7 +4,9 @@
 POST `events_per_user` events with ids, in order, one at a time, retrying a 503 with the same event
 id until it is answered 200. Once a third of the events are acknowledged, the master of the first
 user's slot is SIGKILLed; its replica takes over (cluster-node-timeout); with `restart_killed` the
-killed node is started again and rejoins as a replica. Returns what was answered when, and what the
+killed node is started again and rejoins as a replica. With `lagging_replica_s`, the master's replica
+is paused (SIGSTOP) and its replication connection closed that long before the kill, and resumed
+right after it: the writes of those seconds reached the master only (a replica cut off or behind). Returns what was answered when, and what the
 cluster holds in the end.
 """
 from __future__ import annotations
@@ -27,12 +29,14 @@ class FailoverReport:
     users: int
     events_per_user: int
     wait_replicas: int
+    lagging_replica_s: float = 0.0
     statuses: Counter = field(default_factory=Counter)  # HTTP status -> answers
     codes: Counter = field(default_factory=Counter)  # error code -> answers
     unavailable: list[tuple[str, float]] = field(default_factory=list)  # (user, t) of each 503
     messages: Counter = field(default_factory=Counter)  # (user on the killed master?, message)
     acknowledged: dict[str, list[str]] = field(default_factory=dict)  # user -> event ids, in order
     killed_users: set[str] = field(default_factory=set)  # users whose slot the killed master held
+    t_pause: float = 0.0  # the replica paused (== t_kill without a lagging replica)
     t_kill: float = 0.0
     t_promoted: float = 0.0  # a replica serves the slot
     t_healed: float = 0.0  # every node healthy again (the killed one back as a replica), or 0
@@ -57,7 +61,8 @@ class FailoverReport:
 
     def summary(self) -> dict[str, Any]:
         return {"users": self.users, "events_per_user": self.events_per_user,
-                "wait_replicas": self.wait_replicas, "statuses": dict(self.statuses),
+                "wait_replicas": self.wait_replicas,
+                "lagging_replica_s": self.lagging_replica_s, "statuses": dict(self.statuses),
                 "error_codes": dict(self.codes), "acknowledged": sum(
                     len(v) for v in self.acknowledged.values()),
                 "lost": self.lost, "doubled": self.doubled,
@@ -95,8 +100,9 @@ async def _watch_failover(cluster: LocalRedisCluster, key: str, killed_port: int
 
 async def run_failover(cluster: LocalRedisCluster, settings: Any, engine: Any, *, users: int,
                        events_per_user: int, restart_killed: bool,
-                       deadline_s: float = 90.0) -> FailoverReport:
-    report = FailoverReport(users, events_per_user, settings.redis_wait_replicas)
+                       lagging_replica_s: float = 0.0, deadline_s: float = 90.0) -> FailoverReport:
+    report = FailoverReport(users, events_per_user, settings.redis_wait_replicas,
+                            lagging_replica_s=lagging_replica_s)
     names = [f"fo-{u}" for u in range(users)]
     keys = KeySchema(settings.key_prefix)
     total = users * events_per_user
@@ -106,12 +112,21 @@ async def run_failover(cluster: LocalRedisCluster, settings: Any, engine: Any, *
     watcher: asyncio.Task[None] | None = None
     started = time.monotonic()
 
-    def kill() -> None:
+    async def kill() -> None:
         nonlocal watcher
         port = cluster.master_port_of(keys.user(names[0]).state)
         report.killed_users = {u for u in names if cluster.master_port_of(keys.user(u).state) == port}
+        replicas = cluster.replica_ports_of(port) if lagging_replica_s > 0 else []
+        report.t_pause = time.monotonic()
+        for replica in replicas:  # it stops taking the master's writes, which go on
+            cluster.pause_node(replica)
+        if replicas:
+            cluster.drop_replica_links(port)
+        await asyncio.sleep(lagging_replica_s)
         report.t_kill = time.monotonic()
         cluster.kill_node(port)
+        for replica in replicas:
+            cluster.pause_node(replica, paused=False)
         watcher = asyncio.create_task(_watch_failover(
             cluster, keys.user(names[0]).state, port, restart_killed, report))
 
@@ -140,7 +155,7 @@ async def run_failover(cluster: LocalRedisCluster, settings: Any, engine: Any, *
                 acked += 1
                 if acked >= kill_at and not killed.is_set():
                     killed.set()
-                    kill()
+                    await kill()
 
         try:
             await asyncio.gather(*(lane(u) for u in names))
