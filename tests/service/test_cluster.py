@@ -78,3 +78,28 @@ async def test_a_batch_over_users_on_every_master_is_one_apply(make_settings, en
                                            for i, u in enumerate(users)])
         assert metric("cmnrec_batch_size_events_count") == before + 1
         assert all(r.applied and r.position == 1 for r in results)
+
+
+async def test_wait_replicas_acknowledges_once_the_replica_has_the_commit(
+        make_settings, engine, redis_url):
+    """WAIT 1 after the commit: when apply returns, the slot's replica holds the new position."""
+    import redis
+
+    settings = make_settings(redis_wait_replicas=1, redis_wait_timeout_ms=1000)
+    async with open_store(settings, engine) as store:
+        results = await store.apply_batch([Event(f"w-{i}", ITEMS[i], f"w-{i}") for i in range(6)])
+    assert all(r.applied for r in results)
+    client = sync_redis(redis_url)
+    try:
+        for i in range(6):
+            key = KeySchema(settings.key_prefix).user(f"w-{i}").pos
+            primary, replica = client.nodes_manager.slots_cache[client.keyslot(key)]
+            assert replica.server_type == "replica" != primary.server_type
+            on_replica = redis.Redis(host=replica.host, port=replica.port)
+            try:
+                on_replica.execute_command("READONLY")
+                assert on_replica.get(key) == b"1"
+            finally:
+                on_replica.close()
+    finally:
+        client.close()

@@ -365,3 +365,19 @@ async def test_stale_states_of_several_users_are_rebuilt_in_one_batch(make_setti
     assert [r.position for r in results] == [len(items) + 1 for items in histories.values()]
     for user, items in histories.items():
         assert snaps[user].state == replay(engine, list(items) + [ITEMS[12]])
+
+
+@pytest.mark.redis_modes("system")
+async def test_wait_replicas_without_a_replica_answers_unavailable_after_the_commit(make_settings,
+                                                                                  engine):
+    """A single Redis without replicas cannot confirm WAIT 1: the apply answers 503 (the event is
+    committed on the master: a retry with its id is a no-op), WAIT 0 is not affected."""
+    settings = make_settings(redis_wait_replicas=1, redis_wait_timeout_ms=50)
+    async with open_store(settings, engine) as store:
+        with pytest.raises(StateStoreUnavailable, match="0 of 1 replicas"):
+            await store.apply(Event("walt", ITEMS[0], "w-1"))
+        snap = await store.snapshot("walt")
+    assert snap.position == 1 and snap.event_ids == ["w-1"]
+    async with open_store(make_settings(), engine) as store:
+        again = await store.apply(Event("walt", ITEMS[0], "w-1"))
+    assert not again.applied and again.position == 1
