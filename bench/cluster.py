@@ -187,7 +187,8 @@ def main() -> None:
     load_after = os.getloadavg()
     payload = {"started": started, "machine": machine_info(), "load_before": load_before,
                "load_after": load_after, "model": "CmnRec small (64/128/64), TSC M=4 T=50, "
-               "random weights, ML-100k catalogue", "args": {k: str(v) for k, v in vars(args).items()},
+               "random weights, ML-100k catalogue",
+               "args": {k: str(v) for k, v in vars(args).items()},
                "rows": rows, "failover": failover}
     table = markdown_table(
         ["backend", "WAIT replicas", "worker events/s", "HTTP events/s", "HTTP p50 ms",

@@ -43,7 +43,7 @@ def find_redis_cli(server: Path) -> Path:
     found = shutil.which("redis-cli")
     if found:
         return Path(found)
-    raise RedisServerFailed(f"no redis-cli next to {server} nor on PATH (needed to create a cluster)")
+    raise RedisServerFailed(f"no redis-cli next to {server} nor on PATH (it creates the cluster)")
 
 
 def _bindable(port: int) -> bool:
@@ -108,7 +108,7 @@ class LocalRedisCluster:
                  tb: TracebackType | None) -> None:
         self.stop()
 
-    # -- life cycle ---------------------------------------------------------------------------------
+    # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
         if self.nodes:
             raise RuntimeError("LocalRedisCluster already started")
@@ -218,7 +218,7 @@ class LocalRedisCluster:
             self._workdir.cleanup()
             self._workdir = None
 
-    # -- failure injection (the failover test) --------------------------------------------------------
+    # -- failure injection (the failover test) ----------------------------------------------------
     def master_port_of(self, key: str) -> int:
         """Port of the master now serving `key`'s slot."""
         for node in self.nodes:

@@ -97,7 +97,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _wait_fits_in_the_socket_timeout(self) -> "Settings":
-        if self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_timeout_seconds * 1000:
+        timeout_ms = self.redis_timeout_seconds * 1000
+        if self.redis_wait_replicas and self.redis_wait_timeout_ms >= timeout_ms:
             raise ValueError(f"redis_wait_timeout_ms ({self.redis_wait_timeout_ms}) must be below "
                              f"redis_timeout_seconds ({self.redis_timeout_seconds} s): a WAIT that "
                              f"runs out would otherwise read as a lost connection")

@@ -116,7 +116,8 @@ def node_of(client: Any, key: str) -> Any:
     return client.get_node_from_key(key)
 
 
-def wait_commands(client: Any, written_keys: list[str], replicas: int, timeout_ms: int) -> list[Any]:
+def wait_commands(client: Any, written_keys: list[str], replicas: int,
+                  timeout_ms: int) -> list[Any]:
     """WAIT commands to end a pipeline of writes with: one per master that got writes (a cluster
     pipeline sends each node's commands on one connection, in order), one for a single Redis.
     Each replies how many replicas acknowledged every earlier write of its connection."""

@@ -29,8 +29,8 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode("utf-8")).hexdigest())
 
     def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Any] = ()) -> None:
-        """Add one EVALSHA of this script to a pipeline (execute_command: redis-py's cluster pipeline
-        blocks its evalsha method, not the command, whose keys all lie in one slot here)."""
+        """Add one EVALSHA of this script to a pipeline (as execute_command: redis-py's cluster
+        pipeline blocks its evalsha method, not the command; our keys all lie in one slot)."""
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 

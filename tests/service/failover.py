@@ -1,13 +1,13 @@
-"""A master failover under load, shared by tests/service/test_failover.py and bench/cluster_failover.py.
+"""A master failover under load, shared by tests/service/test_failover.py and bench/cluster.py.
 
 `run_failover`: the app (in-process, its real lifespan) on a LocalRedisCluster; `users` lanes each
 POST `events_per_user` events with ids, in order, one at a time, retrying a 503 with the same event
 id until it is answered 200. Once a third of the events are acknowledged, the master of the first
 user's slot is SIGKILLed; its replica takes over (cluster-node-timeout); with `restart_killed` the
-killed node is started again and rejoins as a replica. With `lagging_replica_s`, the master's replica
-is paused (SIGSTOP) and its replication connection closed that long before the kill, and resumed
-right after it: the writes of those seconds reached the master only (a replica cut off or behind). Returns what was answered when, and what the
-cluster holds in the end.
+killed node is started again and rejoins as a replica. With `lagging_replica_s`, the master's
+replica is paused (SIGSTOP) and its replication connection closed that long before the kill, and
+resumed right after it: the writes of those seconds reached the master only (a replica cut off or
+behind). Returns what was answered when, and what the cluster holds in the end.
 """
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ async def run_failover(cluster: LocalRedisCluster, settings: Any, engine: Any, *
     async def kill() -> None:
         nonlocal watcher
         port = cluster.master_port_of(keys.user(names[0]).state)
-        report.killed_users = {u for u in names if cluster.master_port_of(keys.user(u).state) == port}
+        report.killed_users = {u for u in names
+                               if cluster.master_port_of(keys.user(u).state) == port}
         replicas = cluster.replica_ports_of(port) if lagging_replica_s > 0 else []
         report.t_pause = time.monotonic()
         for replica in replicas:  # it stops taking the master's writes, which go on

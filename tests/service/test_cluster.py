@@ -62,6 +62,24 @@ async def test_a_slot_without_a_master_is_retried_then_answered_unavailable(
         except Exception:  # noqa: BLE001 - already served again
             pass
         master.close()
+        wait_every_slot_assigned(redis_url)
+
+
+def wait_every_slot_assigned(redis_url: str, timeout: float = 15.0) -> None:
+    """Until every node sees all 16384 slots assigned again (gossip), for the tests that follow."""
+    import time
+
+    client = sync_redis(redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            infos = client.cluster_info(target_nodes=client.ALL_NODES)
+            if all(int(info["cluster_slots_assigned"]) == 16384 for info in infos.values()):
+                return
+            assert time.monotonic() < deadline, infos
+            time.sleep(0.05)
+    finally:
+        client.close()
 
 
 async def test_a_batch_over_users_on_every_master_is_one_apply(make_settings, engine):
@@ -93,13 +111,16 @@ async def test_wait_replicas_acknowledges_once_the_replica_has_the_commit(
     try:
         for i in range(6):
             key = KeySchema(settings.key_prefix).user(f"w-{i}").pos
-            primary, replica = client.nodes_manager.slots_cache[client.keyslot(key)]
-            assert replica.server_type == "replica" != primary.server_type
-            on_replica = redis.Redis(host=replica.host, port=replica.port)
-            try:
-                on_replica.execute_command("READONLY")
-                assert on_replica.get(key) == b"1"
-            finally:
-                on_replica.close()
+            master = client.get_node_from_key(key)
+            info = client.info("replication", target_nodes=master)
+            replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+            assert replicas, info
+            for replica in replicas:
+                on_replica = redis.Redis(host=replica["ip"], port=int(replica["port"]))
+                try:
+                    on_replica.execute_command("READONLY")
+                    assert on_replica.get(key) == b"1"
+                finally:
+                    on_replica.close()
     finally:
         client.close()
