@@ -47,6 +47,7 @@ def worker(
         redis_url_or_embedded,
     )
     from service.ops.settings import Settings
+    from service.state.cluster import UnsupportedRedis
     from service.streams.runner import run_worker
     from service.streams.worker import default_consumer_name
 
@@ -75,7 +76,7 @@ def worker(
                        err=True)
             totals = asyncio.run(run_worker(settings, url, consumer=consumer,
                                             metrics_port=settings.worker_metrics_port))
-    except (RedisServerNotFound, RedisServerFailed) as error:
+    except (RedisServerNotFound, RedisServerFailed, UnsupportedRedis) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
     typer.echo(f"worker {consumer} stopped: {totals.entries} entries, "
@@ -154,14 +155,16 @@ def replay(
 
             import redis
 
-            client = redis.Redis.from_url(settings.redis_url,
-                                          socket_timeout=settings.redis_timeout_seconds)
+            from service.state.cluster import UNAVAILABLE_ERRORS, open_sync
+
+            client = open_sync(settings.redis_url, settings,
+                               socket_timeout=settings.redis_timeout_seconds)
             try:
                 started = time.perf_counter()
                 published = publish_replay(client, events, partitions=settings.stream_partitions,
                                            prefix=settings.key_prefix, on_progress=advance)
                 seconds = time.perf_counter() - started
-            except redis.RedisError as error:
+            except (redis.RedisError, *UNAVAILABLE_ERRORS) as error:
                 console.print(f"[red]error:[/red] Redis at {settings.redis_url}: {error}")
                 raise typer.Exit(1) from None
             finally:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +48,15 @@ class Settings(BaseSettings):
         description="users whose last committed state each process keeps, to commit their next "
                     "event without reading it back (service/state/cache.py); 0 = off; unset = "
                     "4096 with one worker process, 0 with several (they share users at random)")
+    # Redis Cluster and replication (service/state/cluster.py, README "Scaling out")
+    redis_cluster: bool = Field(
+        False, description="REDIS_URL is a seed node of a Redis Cluster (same as the scheme "
+                           "redis+cluster://host:port)")
+    redis_wait_replicas: int = Field(
+        0, ge=0, le=16, description="after each commit, WAIT until this many replicas have it "
+                                    "before acknowledging; fewer in time answers 503; 0 = no WAIT")
+    redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000,
+                                       description="longest WAIT for redis_wait_replicas")
 
     # HTTP API limits
     max_batch_size: int = Field(1000, ge=1, le=100_000, description="events per batch request")
@@ -121,3 +130,12 @@ class Settings(BaseSettings):
         if self.state_cache_users is not None:
             return self.state_cache_users
         return 4096 if self.workers == 1 else 0
+
+    @model_validator(mode="after")
+    def _wait_fits_in_the_socket_timeout(self) -> "Settings":
+        timeout_ms = self.redis_timeout_seconds * 1000
+        if self.redis_wait_replicas and self.redis_wait_timeout_ms >= timeout_ms:
+            raise ValueError(f"redis_wait_timeout_ms ({self.redis_wait_timeout_ms}) must be below "
+                             f"redis_timeout_seconds ({self.redis_timeout_seconds} s): a WAIT that "
+                             f"runs out would otherwise read as a lost connection")
+        return self

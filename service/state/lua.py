@@ -6,13 +6,17 @@ such a call did nothing, so `run_pipelined` loads the scripts and runs exactly t
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
+
+from service.state.cluster import REFUSED_REPLIES, forget_topology
 
 
 @dataclass(frozen=True)
@@ -25,8 +29,9 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode("utf-8")).hexdigest())
 
     def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Any] = ()) -> None:
-        """Add one EVALSHA of this script to a pipeline."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        """Add one EVALSHA of this script to a pipeline (as execute_command: redis-py's cluster
+        pipeline blocks its evalsha method, not the command; our keys all lie in one slot)."""
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 CAS = Script("cas", """
@@ -133,6 +138,19 @@ SCRIPTS = (CAS, EVENT_IDS, LEASE_RENEW, LEASE_RELEASE)
 
 Command = Callable[[Pipeline], Any]  # adds one command to a pipeline
 
+REFUSED_RETRIES = 3  # TRYAGAIN/CLUSTERDOWN: sent again after 50, 100, 200 ms (+ jitter), then 503
+
+
+class Trailer:
+    """A command that must follow the others on the same connection (WAIT): `run_pipelined` sends
+    it again whenever it sends any command again."""
+
+    def __init__(self, command: Command) -> None:
+        self.command = command
+
+    def __call__(self, pipe: Pipeline) -> Any:
+        return self.command(pipe)
+
 
 class ScriptsLost(RuntimeError):
     """Redis answered NOSCRIPT again right after the scripts were loaded."""
@@ -143,25 +161,46 @@ async def run_pipelined(redis: Any, commands: Sequence[Command],
     """Run `commands` in one non-transactional pipeline; one reply per command, errors in place.
 
     Commands that Redis answered NOSCRIPT for are run once more (in one pipeline) after loading
-    `scripts`; the others are not repeated. Raises ScriptsLost if NOSCRIPT comes back again.
+    `scripts` (on every master of a cluster); the others are not repeated. Raises ScriptsLost if
+    NOSCRIPT comes back again. In a cluster, commands refused with TRYAGAIN or CLUSTERDOWN (not
+    executed) are sent again up to REFUSED_RETRIES times with a growing pause; after that their
+    error stays in place. Trailers (WAIT) are sent again with any command sent again.
     """
     replies: list[Any] = [None] * len(commands)
+    trailers = [i for i, command in enumerate(commands) if isinstance(command, Trailer)]
     todo = list(range(len(commands)))
-    for attempt in range(2):
-        async with redis.pipeline(transaction=False) as pipe:
-            for i in todo:
-                commands[i](pipe)
-            results = await pipe.execute(raise_on_error=False)
-        missing = []
+    scripts_loaded = False
+    refused_rounds = 0
+    while True:
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    commands[i](pipe)
+                results = await pipe.execute(raise_on_error=False)
+        except Exception as error:
+            forget_topology(redis, error)
+            raise
+        missing, refused = [], []
         for i, result in zip(todo, results):
+            replies[i] = result
             if isinstance(result, NoScriptError):
                 missing.append(i)
-            else:
-                replies[i] = result
-        if not missing:
-            return replies
-        if attempt == 0:
+            elif isinstance(result, REFUSED_REPLIES):
+                refused.append(i)
+        if missing:
+            if scripts_loaded:
+                raise ScriptsLost("Redis keeps forgetting the service's Lua scripts")
             for script in scripts:
                 await redis.script_load(script.source)
-        todo = missing
-    raise ScriptsLost("Redis keeps forgetting the service's Lua scripts")
+            scripts_loaded = True
+        if refused:
+            forget_topology(redis, replies[refused[0]])
+            if refused_rounds >= REFUSED_RETRIES:
+                refused = []  # give up: the errors stay in place
+            else:
+                await asyncio.sleep(0.05 * 2 ** refused_rounds * random.uniform(1.0, 1.5))
+                refused_rounds += 1
+        again = sorted(set(missing) | set(refused))
+        if not again:
+            return replies
+        todo = sorted(set(again) | set(trailers))

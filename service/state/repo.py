@@ -30,7 +30,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.state import lua
+from service.state import cluster, lua
 from service.state.domain import StateStoreUnavailable, UserSnapshot, UserStateCorrupt
 from service.state.keys import KeySchema, UserKeys
 
@@ -81,8 +81,11 @@ class StateRepo:
     """The round trips of one key prefix over a redis.asyncio client (bytes replies)."""
 
     def __init__(self, redis: aioredis.Redis, keys: KeySchema, *, ttl_seconds: int,
-                 recent_cap: int, event_window: int) -> None:
+                 recent_cap: int, event_window: int, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 1000) -> None:
         self.redis = redis
+        self.wait_replicas = wait_replicas  # WAIT after each commit (0: none); README "Scaling out"
+        self.wait_timeout_ms = wait_timeout_ms
         self.keys = keys
         self.ttl_seconds = ttl_seconds
         self.recent_cap = recent_cap
@@ -95,7 +98,8 @@ class StateRepo:
         plans = [(self.keys.user(user), sorted(set(event_ids))) for user, event_ids in users]
         commands: list[lua.Command] = []
         for keys, event_ids in plans:
-            commands.append(lambda p, k=keys: p.mget(k.state, k.version, k.pos))
+            # execute_command: a cluster pipeline blocks mget(); one user's keys share one slot
+            commands.append(lambda p, k=keys: p.execute_command("MGET", k.state, k.version, k.pos))
             if need_recent:
                 commands.append(lambda p, k=keys: p.lrange(k.recent, 0, -1))
             if event_ids:
@@ -146,9 +150,19 @@ class StateRepo:
             for item_id, event_id in w.events:
                 args.extend((item_id, event_id))
             commands.append(lambda p, keys=list(w.read.keys), a=args: lua.CAS.queue(p, keys, a))
+        if self.wait_replicas and writes:
+            commands.extend(cluster.wait_commands(self.redis, [w.read.keys.state for w in writes],
+                                                  self.wait_replicas, self.wait_timeout_ms))
         replies = self._checked(await self.call(lua.run_pipelined(self.redis, commands)),
                                 [w.read.user_id for w in writes])
-        return [int(reply[0]) for reply in replies]
+        if self.wait_replicas and writes:
+            acked = [int(reply) for reply in replies[len(writes):]]
+            if min(acked) < self.wait_replicas:
+                raise StateStoreUnavailable(
+                    f"only {min(acked)} of {self.wait_replicas} replicas confirmed the commit "
+                    f"within {self.wait_timeout_ms} ms (it may still be applied: retry with the "
+                    f"same event id)")
+        return [int(reply[0]) for reply in replies[:len(writes)]]
 
     async def snapshot(self, user_id: str) -> UserSnapshot:
         """Everything stored for one user, read in one round trip."""
@@ -183,7 +197,7 @@ class StateRepo:
         """Whether Redis answers (False rather than an exception)."""
         try:
             return bool(await self.redis.ping())
-        except (RedisError, OSError):
+        except (RedisError, OSError, *cluster.UNAVAILABLE_ERRORS):
             return False
 
     async def writable(self, probe_key: str) -> str | None:
@@ -216,7 +230,9 @@ class StateRepo:
         StateStoreUnavailable."""
         try:
             return await awaitable
-        except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError) as err:
+        except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError,
+                *cluster.UNAVAILABLE_ERRORS) as err:
+            cluster.forget_topology(self.redis, err)
             await self._drop_idle_connections()
             raise StateStoreUnavailable(f"Redis unavailable: {err or type(err).__name__}") from err
         except lua.ScriptsLost as err:
@@ -228,8 +244,11 @@ class StateRepo:
     async def _drop_idle_connections(self) -> None:
         """After a connection error: close the pooled idle connections (opened to a server that
         just failed), so the next calls connect afresh instead of failing one stale socket each."""
+        pool = getattr(self.redis, "connection_pool", None)  # a cluster client keeps one per node
+        if pool is None:
+            return
         try:
-            await self.redis.connection_pool.disconnect(inuse_connections=False)
+            await pool.disconnect(inuse_connections=False)
         except (RedisError, OSError):
             pass
 
@@ -260,7 +279,8 @@ def unavailable_reason(error: BaseException) -> str | None:
     if isinstance(error, OutOfMemoryError):
         return "full"
     if isinstance(error, (RedisConnectionError, RedisTimeoutError, ClusterDownError,
-                          TryAgainError, MasterDownError, NoPermissionError, ExecAbortError)):
+                          TryAgainError, MasterDownError, NoPermissionError, ExecAbortError,
+                          *cluster.UNAVAILABLE_ERRORS)):
         return "unavailable"  # (redis-py strips the reply prefix of these classes)
     if isinstance(error, ResponseError):
         message = str(error)

@@ -118,14 +118,16 @@ class StateStore:
 
     def __init__(self, redis: aioredis.Redis, engine: Engine, *, keys: KeySchema | None = None,
                  ttl_seconds: int = 0, recent_cap: int = 1000, event_window: int = 1000,
-                 retry_limit: int = 64, cache_users: int = 0) -> None:
+                 retry_limit: int = 64, cache_users: int = 0, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 1000) -> None:
         if recent_cap < 1 or event_window < 1 or retry_limit < 1 or ttl_seconds < 0:
             raise ValueError("recent_cap, event_window, retry_limit must be >= 1, ttl >= 0")
         self.redis = redis
         self.engine = engine
         self.keys = keys or KeySchema()
         self.repo = StateRepo(redis, self.keys, ttl_seconds=ttl_seconds, recent_cap=recent_cap,
-                              event_window=event_window)
+                              event_window=event_window, wait_replicas=wait_replicas,
+                              wait_timeout_ms=wait_timeout_ms)
         self.retry_limit = retry_limit
         self.recent_cap = recent_cap
         self.cache = StateCache(cache_users)
@@ -137,7 +139,9 @@ class StateStore:
         return cls(redis, engine, keys=KeySchema(settings.key_prefix),
                    ttl_seconds=settings.state_ttl_seconds, recent_cap=settings.recent_items_cap,
                    event_window=settings.event_id_window, retry_limit=settings.cas_retry_limit,
-                   cache_users=settings.cache_users)
+                   cache_users=settings.cache_users,
+                   wait_replicas=settings.redis_wait_replicas,
+                   wait_timeout_ms=settings.redis_wait_timeout_ms)
 
     @property
     def model_version(self) -> str:

@@ -13,6 +13,7 @@ and every heartbeat checks whether it was repaired.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -22,12 +23,14 @@ import redis.asyncio as aioredis
 
 from service.ops import metrics
 from service.ops.settings import Settings
+from service.state.cluster import is_cluster
 from service.state.keys import KeySchema
 from service.streams.leases import PartitionLeases
 
 log = logging.getLogger(__name__)
 
 ZERO_ID = "0-0"
+CLUSTER_POLL_MS = 20  # idle polling period of a worker on a cluster (no multi-slot blocking read)
 
 
 class Entry(NamedTuple):
@@ -208,9 +211,12 @@ class PartitionReader:
             return []
         per_stream = max(1, self.settings.stream_batch_size // len(ready))
         block = self.settings.stream_block_ms if self.settings.stream_block_ms > 0 else None
-        reply = await self.client.xreadgroup(
-            self.group, self.consumer, {self.keys.stream(p): ">" for p in ready},
-            count=per_stream, block=block)
+        if is_cluster(self.client):
+            reply = await self._read_new_cluster(ready, per_stream)
+        else:
+            reply = await self.client.xreadgroup(
+                self.group, self.consumer, {self.keys.stream(p): ">" for p in ready},
+                count=per_stream, block=block)
         partition_of_stream = {self.keys.stream(p): p for p in ready}
         entries = []
         for stream, stream_entries in reply or []:
@@ -218,6 +224,20 @@ class PartitionReader:
             entries.extend(Entry(partition, text(entry_id), dict(fields))
                            for entry_id, fields in stream_entries)
         return entries
+
+    async def _read_new_cluster(self, ready: list[int], per_stream: int) -> list[Any]:
+        """Cluster: partitions live in different slots, and one XREADGROUP may only name streams
+        of one slot. So one non-blocking XREADGROUP per partition, in one pipeline (one round trip
+        per node); when all are empty, wait up to CLUSTER_POLL_MS (at most stream_block_ms)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for partition in ready:
+                pipe.xreadgroup(self.group, self.consumer, {self.keys.stream(partition): ">"},
+                                count=per_stream)
+            replies = await pipe.execute()
+        streams = [stream for reply in replies for stream in (reply or [])]
+        if not any(entries for _, entries in streams) and self.settings.stream_block_ms > 0:
+            await asyncio.sleep(min(CLUSTER_POLL_MS, self.settings.stream_block_ms) / 1000)
+        return streams
 
 
 def remove_partition_gauges(partition: int) -> None:

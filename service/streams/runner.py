@@ -8,6 +8,7 @@ import threading
 
 from service.ops.heap import freeze_startup_heap
 from service.ops.settings import Settings
+from service.state.cluster import check_redis_version
 from service.state.connection import open_redis
 from service.state.store import StateStore
 from service.streams.worker import StreamWorker, WorkerTotals
@@ -41,6 +42,7 @@ async def run_worker(settings: Settings, redis_url: str, *, consumer: str | None
     client = open_redis(redis_url, settings)
     health_server = None
     try:
+        await check_redis_version(client)  # too old: UnsupportedRedis, before reading anything
         store = StateStore.from_settings(client, engine, settings)
         worker = StreamWorker(client, store, settings, consumer)
         if metrics_port:

@@ -22,10 +22,11 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from service.ops import metrics
 from service.ops.settings import Settings
+from service.state.cluster import forget_topology
 from service.state.domain import StateConflictError, StateStoreUnavailable
 from service.state.keys import KeySchema
 from service.state.store import StateStore
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.05  # pause while waiting for a lease or for pending entries to become claimable
 # Batch failures that leave the batch pending for a later retry (the worker keeps running).
-RETRYABLE_ERRORS = (RedisError, OSError, StateStoreUnavailable, StateConflictError)
+RETRYABLE_ERRORS = (RedisError, OSError, StateStoreUnavailable, StateConflictError,
+                    RedisClusterException)
 
 
 def default_consumer_name() -> str:
@@ -103,6 +105,7 @@ class StreamWorker:
                         await self._set_aside_broken()
                     log.warning("worker %s: %s: %s; retrying", self.consumer,
                                 type(error).__name__, error)
+                    forget_topology(self.client, error)  # a cluster may have failed over
                     # A read whose reply was lost may have delivered entries to us: whatever is
                     # pending for us is reclaimed (in order) before anything new is read.
                     self.reader.drain(self.reader.owned)
@@ -120,7 +123,7 @@ class StreamWorker:
                 await keepalive
             try:
                 await self.reader.release_all()
-            except (RedisError, OSError) as error:
+            except (RedisError, OSError, RedisClusterException) as error:
                 log.warning("worker %s: could not hand back leases (%s); they expire in %d ms",
                             self.consumer, error, self.settings.stream_lease_ttl_ms)
             log.info("worker %s stopped: %s", self.consumer, self.totals)
@@ -144,8 +147,9 @@ class StreamWorker:
             await _sleep_or_stop(stop, self.reader.heartbeat_s)
             try:
                 await self.reader.renew()
-            except (RedisError, OSError) as error:
+            except (RedisError, OSError, RedisClusterException) as error:
                 log.warning("worker %s: lease renewal failed (%s)", self.consumer, error)
+                forget_topology(self.client, error)
 
     async def run_once(self) -> int:
         """Heartbeat if due, then one batch (reclaimed entries first). Returns the entries handled."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from typer.testing import CliRunner
 
 from cli.app import app
@@ -60,3 +62,21 @@ def test_demo_serves_lrurec_and_refuses_a_model_of_another_kind(movielens, tmp_p
     assert "LRURec has no chunk times" in result.output
     assert not (tmp_path / "no-run").exists()
     assert not left_running(descendants(os.getpid()) - before)
+@pytest.mark.redis_modes("cluster")
+def test_demo_runs_on_a_redis_cluster(movielens, tmp_path, monkeypatch, redis_url):
+    """REDIS_URL=redis+cluster://...: the demo's service keeps its users' state in the cluster."""
+    from cli.demo import DEMO_KEY_PREFIX
+    from tests.conftest import delete_prefix
+
+    vocab = ItemVocab(ids=list(movielens.vocab.ids), titles=dict(movielens.vocab.titles))
+    artifact = make_artifact(tmp_path, "demo", block_len=10, slots=3, vocab=vocab,
+                             counts=movielens.item_counts())
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    try:
+        result = CliRunner().invoke(app, ["demo", "--artifact", str(artifact), "--users", "1",
+                                          "--events", "12", "--port", "0", "--no-keep-serving"])
+        assert result.exit_code == 0, result.output
+        assert redis_url in result.output and "replayed 12 events of user 1: position 12" in \
+            result.output
+    finally:
+        delete_prefix(redis_url, DEMO_KEY_PREFIX)

@@ -70,6 +70,24 @@ async def open_store(settings: Any, engine: Any) -> AsyncIterator[Any]:
         await redis.aclose()
 
 
+def sync_redis(url: str) -> Any:
+    """A redis-py client of `url` (a RedisCluster for a cluster URL)."""
+    from service.state.cluster import open_sync
+
+    return open_sync(url)
+
+
+def async_redis(url: str) -> Any:
+    """A redis.asyncio client of `url` (a RedisCluster for a cluster URL), bytes replies."""
+    import redis.asyncio as aioredis
+
+    from service.state.cluster import is_cluster_url, plain_url
+
+    if is_cluster_url(url):
+        return aioredis.RedisCluster.from_url(plain_url(url))
+    return aioredis.Redis.from_url(url)
+
+
 def replay(engine: Any, items: Sequence[str]) -> bytes:
     """The state blob after stepping external item ids one by one from the initial state."""
     state = engine.initial_state()

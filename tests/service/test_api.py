@@ -9,7 +9,7 @@ import pytest
 from service.ops.redis_server import EmbeddedRedis
 from tests.service.helpers import metric, serving
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.redis_modes("system", "cluster")]
 
 ITEM, OTHER_ITEM = "101", "107"
 
@@ -185,6 +185,7 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str, str | None]] = [
 ]
 
 
+@pytest.mark.redis_modes("system")
 @pytest.mark.parametrize("method,path,kwargs,status,code,field", BAD_REQUESTS,
                          ids=[f"{m} {p[:40]} {c}" for m, p, _, _, c, _ in BAD_REQUESTS])
 async def test_bad_input_gets_a_clear_4xx(make_settings, engine, method, path, kwargs, status,
@@ -206,6 +207,7 @@ async def test_bad_input_gets_a_clear_4xx(make_settings, engine, method, path, k
 
 
 @pytest.mark.allows_internal_error
+@pytest.mark.redis_modes("system")
 async def test_a_genuine_bug_answers_500_internal_error(make_settings, engine, caplog):
     async with serving(make_settings(), engine) as client:
         app = client.app  # type: ignore[attr-defined]
@@ -230,6 +232,7 @@ async def test_unknown_item_leaves_the_state_untouched(make_settings, engine):
     assert after.json()["position"] == 1
 
 
+@pytest.mark.redis_modes("system")
 async def test_redis_outage_answers_503_and_the_service_recovers(make_settings, engine):
     server = EmbeddedRedis()
     server.start()
@@ -261,6 +264,7 @@ async def test_redis_outage_answers_503_and_the_service_recovers(make_settings, 
     assert ready.status_code == 200
 
 
+@pytest.mark.redis_modes("system")
 async def test_lifespan_refuses_to_start_without_redis_url(make_settings, engine):
     from service.http.app import ConfigurationError
 

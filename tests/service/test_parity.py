@@ -93,6 +93,7 @@ async def test_service_top10_equals_predict_across_blocks(variant, exported, his
     assert sum(chunks) == expected
 
 
+@pytest.mark.redis_modes("system", "cluster")
 async def test_the_predict_command_gives_the_same_answer(exported, histories, make_settings):
     from typer.testing import CliRunner
 

@@ -82,6 +82,7 @@ def test_metrics_are_merged_over_the_workers(served):
                       route="/v1/events") == 40
 
 
+@pytest.mark.redis_modes("system", "cluster")
 def test_500_events_of_one_user_from_50_clients_apply_exactly_once(served, artifacts,
                                                                    redis_url):
     process, prefix = served

