@@ -13,7 +13,6 @@ from data.split import evaluation_users
 from model.config import ModelConfig
 from model.network import SequentialRecommender
 from training.checkpoint import save_run, write_metrics
-from training.evaluation import evaluate_model
 from training.trainer import TrainReport, TrainSettings, train_model
 
 
@@ -34,8 +33,7 @@ def train_run(data: SequenceDataset, config: ModelConfig, settings: TrainSetting
     Raises ValueError (from train_model) when the data set cannot be trained on.
     """
     net, report = train_model(data, config, settings, progress=progress)
-    seen_excluded = evaluate_model(net, data, batch_size=settings.eval_batch_size,
-                                   exclude_seen=True)
+    seen_excluded = report.seen_excluded
     info = {"name": data.name, "users": len(data.users), "items": data.num_items - 1,
             "interactions": data.num_interactions,
             "eval_users": int(len(evaluation_users(data))), **(dataset_info or {})}
@@ -44,7 +42,7 @@ def train_run(data: SequenceDataset, config: ModelConfig, settings: TrainSetting
     metrics: dict[str, Any] = {
         "valid": report.metrics["valid"], "test": report.metrics["test"],
         "seconds_per_epoch": report.seconds_per_epoch, "epochs": report.epochs,
-        "parameters": report.parameters, "best_epoch": report.best_epoch,
+        "parameters": report.parameters, "best_epoch": report.best_epoch, "steps": report.steps,
         "stopped": report.stopped, "train_seconds": report.train_seconds,
         "history": report.history, "config": config.to_dict(), "settings": settings.to_dict(),
         "dataset": info,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from model.config import ModelConfig
 from model.network import PopularityRecommender, SequentialRecommender, build_model
 from training.batching import length_sorted_batches, pad_right
 from data.dataset import PAD_ID, SequenceDataset
-from training.evaluation import evaluate_model
+from training.evaluation import evaluate_protocols
 from training.settings import TrainSettings
 from data.split import training_item_counts, training_sequences
 
@@ -34,9 +34,12 @@ class TrainReport:
     """What happened during training, and the final evaluation of the kept weights."""
 
     metrics: dict[str, dict[str, float]]  # {"valid": {...}, "test": {...}} of the restored best model
-    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    # the same with the user's history masked out of the ranking (the published tables' protocol)
+    seen_excluded: dict[str, dict[str, float]] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per validation
     best_epoch: int = 0  # epoch whose weights were kept (0: no epoch run, e.g. popularity)
-    epochs: int = 0  # epochs run
+    epochs: int = 0  # epochs run (the last one possibly cut short)
+    steps: int = 0  # optimizer steps
     seconds_per_epoch: float = 0.0  # mean wall time of the training pass of one epoch (no eval)
     train_seconds: float = 0.0  # total wall time including per-epoch validation
     parameters: int = 0  # trained parameters
@@ -64,10 +67,13 @@ def _detached(state: Any) -> Any:
 
 def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
                 sequences: list[np.ndarray], batches: list[np.ndarray], settings: TrainSettings,
-                bar: tqdm, deadline: float | None) -> tuple[float, int, bool]:
-    """One pass over the batches. Returns (mean loss per target, targets seen, ran out of time)."""
+                bar: tqdm, deadline: float | None,
+                on_step: Callable[[], bool] | None = None) -> tuple[float, int, bool]:
+    """One pass over the batches. on_step runs after every optimizer step and returns True to stop
+    (mid-epoch validation). Returns (mean loss per target, targets seen, stopped early: out of
+    time or told to by on_step)."""
     model.train()
-    block = model.config.block_len
+    block = model.block_size
     total_loss, total_targets = 0.0, 0
     for rows in batches:
         padded = torch.from_numpy(pad_right([sequences[r] for r in rows]))  # [B, L]
@@ -94,6 +100,8 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
             total_targets += count
             bar.update(count)
             bar.set_postfix(loss=f"{total_loss / max(total_targets, 1):.4f}", refresh=False)
+            if on_step is not None and on_step():
+                return total_loss / max(total_targets, 1), total_targets, True
         if deadline is not None and time.perf_counter() > deadline:
             return total_loss / max(total_targets, 1), total_targets, True
     return total_loss / max(total_targets, 1), total_targets, False
@@ -104,8 +112,9 @@ def _fit_popularity(model: PopularityRecommender, dataset: SequenceDataset,
     began = time.perf_counter()
     model.fit(torch.from_numpy(training_item_counts(dataset)))
     fit_seconds = time.perf_counter() - began
-    metrics = evaluate_model(model, dataset, batch_size=settings.eval_batch_size)
-    return TrainReport(metrics=metrics, seconds_per_epoch=fit_seconds,
+    both = evaluate_protocols(model, dataset, batch_size=settings.eval_batch_size)
+    return TrainReport(metrics=both["all"], seen_excluded=both["seen_excluded"],
+                       seconds_per_epoch=fit_seconds,
                        train_seconds=time.perf_counter() - began, parameters=0)
 
 
@@ -136,60 +145,114 @@ def train_model(dataset: SequenceDataset, config: ModelConfig, settings: TrainSe
         torch.use_deterministic_algorithms(was_deterministic)
 
 
+def training_windows(model: SequentialRecommender, dataset: SequenceDataset) -> list[np.ndarray]:
+    """What each user trains on: the whole training history for the recurrent models (read from
+    the first event, as served); the last input_window + 1 events of it for a window model."""
+    sequences = training_sequences(dataset)
+    window = model.input_window
+    return sequences if window is None else [s[-(window + 1):] for s in sequences]
+
+
+def make_optimizer(model: SequentialRecommender, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay on the weight matrices and embeddings, none on biases and
+    norms) or Adam (L2 penalty on everything)."""
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=settings.lr,
+                                weight_decay=settings.weight_decay)
+    decayed = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    plain = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decayed, "weight_decay": settings.weight_decay},
+                              {"params": plain, "weight_decay": 0.0}], lr=settings.lr)
+
+
+class _Selection:
+    """Early stopping: validates, keeps the best weights, counts validations without a gain."""
+
+    def __init__(self, model: SequentialRecommender, dataset: SequenceDataset,
+                 settings: TrainSettings, progress: bool) -> None:
+        self.model, self.dataset, self.settings, self.progress = model, dataset, settings, progress
+        self.best_score, self.best_epoch, self.best_weights = -1.0, 0, None
+        self.without_gain = 0
+        self.history: list[dict[str, Any]] = []
+
+    def validate(self, epoch: int, step: int, record: dict[str, Any]) -> bool:
+        """Validate now; returns True when patience has run out."""
+        both = evaluate_protocols(self.model, self.dataset,
+                                  batch_size=self.settings.eval_batch_size)
+        self.model.train()
+        valid = both["all"]["valid"]
+        score = valid[EARLY_STOPPING_METRIC]
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.without_gain = score, epoch, 0
+            self.best_weights = {k: v.detach().clone()
+                                 for k, v in self.model.state_dict().items()}
+        else:
+            self.without_gain += 1
+        self.history.append({"epoch": epoch, "step": step, **record, "valid": valid,
+                             "valid_seen_excluded": both["seen_excluded"]["valid"],
+                             "best": improved})
+        if self.progress:
+            tqdm.write(f"epoch {epoch} step {step}: valid {EARLY_STOPPING_METRIC} {score:.4f}"
+                       f"{'  (best)' if improved else ''}")
+        return bool(self.settings.patience and self.without_gain >= self.settings.patience)
+
+
 def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
                    settings: TrainSettings, rng: np.random.Generator,
                    progress: bool) -> TrainReport:
     began = time.perf_counter()
     deadline = None if settings.max_seconds is None else began + settings.max_seconds
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
-                                 weight_decay=settings.weight_decay)
-    sequences = training_sequences(dataset)
+    optimizer = make_optimizer(model, settings)
+    sequences = training_windows(model, dataset)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     trainable = np.flatnonzero(lengths >= 2)  # a user needs two events for one prediction
     if trainable.size == 0:
         raise ValueError("dataset: no user has two training events to learn from")
     targets_per_epoch = int((lengths[trainable] - 1).sum())
 
-    history: list[dict[str, Any]] = []
-    best_score, best_epoch, best_weights = -1.0, 0, None
-    epochs_without_gain, stopped, epoch_seconds = 0, "completed", []
+    selection = _Selection(model, dataset, settings, progress)
+    stopped, epoch_seconds, steps, epoch = "completed", [], 0, 0
+    patience_out = False
+
+    def on_step() -> bool:
+        nonlocal steps, patience_out
+        steps += 1
+        if settings.eval_every and steps % settings.eval_every == 0:
+            patience_out = selection.validate(epoch, steps, {"complete": False})
+        return patience_out
+
     for epoch in range(1, settings.epochs + 1):
         batches = [trainable[b] for b in length_sorted_batches(lengths[trainable],
                                                                settings.batch_size, rng)]
         epoch_began = time.perf_counter()
         with tqdm(total=targets_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", unit="ev",
                   unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True) as bar:
-            loss, seen, out_of_time = train_epoch(model, optimizer, sequences, batches, settings,
-                                                  bar, deadline)
+            loss, seen, cut_short = train_epoch(model, optimizer, sequences, batches, settings,
+                                                bar, deadline, on_step)
         seconds = time.perf_counter() - epoch_began
-        if not out_of_time or not epoch_seconds:  # a cut-short epoch is no epoch's timing
+        if not cut_short or not epoch_seconds:  # a cut-short epoch is no epoch's timing
             epoch_seconds.append(seconds)
-        valid = evaluate_model(model, dataset, batch_size=settings.eval_batch_size)["valid"]
-        score = valid[EARLY_STOPPING_METRIC]
-        improved = score > best_score
-        if improved:
-            best_score, best_epoch, epochs_without_gain = score, epoch, 0
-            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        record = {"loss": loss, "seconds": seconds, "events": seen,
+                  "events_per_second": seen / max(seconds, 1e-9), "complete": not cut_short}
+        if not patience_out:
+            patience_out = selection.validate(epoch, steps, record)
         else:
-            epochs_without_gain += 1
-        history.append({"epoch": epoch, "loss": loss, "seconds": seconds, "events": seen,
-                        "events_per_second": seen / max(seconds, 1e-9), "valid": valid,
-                        "best": improved, "complete": not out_of_time})
+            selection.history[-1].update(record)
         if progress:
-            tqdm.write(f"epoch {epoch}: loss {loss:.4f}  valid {EARLY_STOPPING_METRIC} "
-                       f"{score:.4f}  {seen / max(seconds, 1e-9):,.0f} events/s"
-                       f"{'  (best)' if improved else ''}")
-        if out_of_time or (deadline is not None and time.perf_counter() > deadline):
-            stopped = "max_seconds"
-            break
-        if settings.patience and epochs_without_gain >= settings.patience:
+            tqdm.write(f"epoch {epoch}: loss {loss:.4f}  {seen / max(seconds, 1e-9):,.0f} events/s")
+        if patience_out:
             stopped = "early_stopping"
             break
+        if deadline is not None and time.perf_counter() > deadline:
+            stopped = "max_seconds"
+            break
 
-    if best_weights is not None:
-        model.load_state_dict(best_weights)
-    metrics = evaluate_model(model, dataset, batch_size=settings.eval_batch_size)
-    return TrainReport(metrics=metrics, history=history, best_epoch=best_epoch,
-                       epochs=len(history), seconds_per_epoch=float(np.mean(epoch_seconds)),
+    if selection.best_weights is not None:
+        model.load_state_dict(selection.best_weights)
+    both = evaluate_protocols(model, dataset, batch_size=settings.eval_batch_size)
+    return TrainReport(metrics=both["all"], seen_excluded=both["seen_excluded"],
+                       history=selection.history, best_epoch=selection.best_epoch,
+                       epochs=epoch, steps=steps, seconds_per_epoch=float(np.mean(epoch_seconds)),
                        train_seconds=time.perf_counter() - began,
                        parameters=count_parameters(model), stopped=stopped)
