@@ -212,7 +212,9 @@ def render_markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> s
              "Figures are mean ± standard deviation over the seeds listed; s/epoch is the "
              "training pass alone (no evaluation), one torch thread on a shared 2-core CPU. "
              "Rows stopped by `max_seconds` ran out of their time budget before early stopping: "
-             "they are under-trained.", ""]
+             "they are under-trained. The earlier single-seed sweep of every rule and M on ml-100k "
+             "(old recipe: no dropout, Adam lr 3e-3) is in `bench/results/accuracy_sweep_ml100k.md`.",
+             ""]
     for dataset in DATASETS:
         mine = [r for r in rows if r["dataset"] == dataset]
         if not mine:
@@ -241,11 +243,32 @@ def render_markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> s
              for r in mine]))
         published = PUBLISHED.get(dataset)
         if published:
-            lines += ["", "Published (LRURec paper, Table 3, same split, masked): "
-                      + "; ".join(f"{name} NDCG@10 {n:.4f} / HR@10 {h:.4f}"
-                                  for name, (n, h) in published.items()) + "."]
+            lines += ["", "Ours beside the published figures (test, masked protocol; published: "
+                      "LRURec paper, Table 3, same split):", "",
+                      markdown_table(["model", "ours NDCG@10", "published NDCG@10", "ours HR@10",
+                                      "published HR@10"], _beside_published(mine, published))]
         lines.append("")
+    notes = RESULTS_DIR.parent / "ACCURACY_NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text().strip(), ""]
     return "\n".join(lines)
+
+
+PUBLISHED_NAME = {"gru4rec": "GRU4Rec", "sasrec": "SASRec"}
+
+
+def _beside_published(mine: list[dict[str, Any]],
+                      published: dict[str, tuple[float, float]]) -> list[list[str]]:
+    rows = []
+    for r in mine:
+        theirs = published.get(PUBLISHED_NAME.get(r["name"], ""))
+        rows.append([r["name"], _ms(r["seen_excluded.test.ndcg@10"]),
+                     f"{theirs[0]:.4f}" if theirs else "–", _ms(r["seen_excluded.test.hr@10"]),
+                     f"{theirs[1]:.4f}" if theirs else "–"])
+    for name, (ndcg, hr) in published.items():
+        if name not in PUBLISHED_NAME.values():
+            rows.append([f"{name} (published only)", "–", f"{ndcg:.4f}", "–", f"{hr:.4f}"])
+    return rows
 
 
 def write_summary() -> tuple[Path, Path]:
