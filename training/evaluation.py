@@ -50,13 +50,33 @@ def seen_mask(histories: Tensor, lengths: Tensor, num_items: int) -> Tensor:
                        device=histories.device).scatter_(1, seen, True)
 
 
-def _ranks(logits: Tensor, targets: Tensor, masked: Tensor | None) -> Tensor:
-    """Ranks of targets with padding (and the `masked` items) never ranked. logits: [U, I]."""
-    scores = logits.clone()
-    scores[:, PAD_ID] = float("-inf")
-    if masked is not None:
-        scores = scores.masked_fill(masked, float("-inf"))
-    return target_ranks(scores, targets)
+def both_ranks(logits: Tensor, targets: Tensor, histories: Tensor,
+               lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Pessimistic 1-based ranks of the targets, padding never ranked: (among all items, among the
+    items not in the first lengths[u] events of histories[u]).
+
+    The same ranks as target_ranks on scores with padding (and the seen items) set to -inf, without
+    writing a masked copy of the [U, I] scores: the masked rank is the all-items rank minus the
+    distinct seen items scoring >= the target; a seen target ranks at I, an unscorable (NaN) one too.
+    logits: [U, I]; targets: [U]; histories: [U, L] item ids; lengths: [U]. Returns two [U] int64.
+    """
+    num_items = logits.shape[1]
+    target_scores = logits.gather(1, targets.unsqueeze(1))  # [U, 1]
+    above = logits >= target_scores  # [U, I], the target itself included once
+    all_ranks = above.sum(dim=1) - above[:, PAD_ID].long()
+    positions = torch.arange(histories.shape[1], device=histories.device).unsqueeze(0)
+    seen = torch.where(positions < lengths.unsqueeze(1), histories, torch.zeros_like(histories))
+    seen, _ = seen.sort(dim=1)  # [U, L]; repeats side by side, padding (0) first
+    distinct = (seen != PAD_ID) & torch.cat([torch.ones_like(seen[:, :1], dtype=torch.bool),
+                                             seen[:, 1:] != seen[:, :-1]], dim=1)
+    seen_above = (above.gather(1, seen) & distinct).sum(dim=1)
+    target_seen = ((seen == targets.unsqueeze(1)) & distinct).any(dim=1)
+    worst = torch.full_like(all_ranks, num_items)
+    unscorable = torch.isnan(target_scores.squeeze(1))
+    all_ranks = torch.where(unscorable, worst, all_ranks.clamp(min=1))
+    masked_ranks = torch.where(unscorable | target_seen, worst,
+                               (all_ranks - seen_above).clamp(min=1))
+    return all_ranks, masked_ranks
 
 
 @torch.no_grad()
@@ -109,11 +129,11 @@ def protocol_ranks(model: SequentialRecommender, dataset: SequenceDataset,
                 logits = model.output(torch.cat(picked[split]))  # [B, I], rows in `hit` order
                 targets = torch.tensor([int(full[r][target_at]) for r in rows],
                                        device=device)[hit]
-                masked = seen_mask(histories[hit], seen_len[hit], logits.shape[1])
+                all_ranks, masked_ranks = both_ranks(logits, targets, histories[hit],
+                                                     seen_len[hit])
                 index = rows[hit.cpu().numpy()]
-                ranks["all"][split][index] = _ranks(logits, targets, None).cpu().numpy()
-                ranks["seen_excluded"][split][index] = (
-                    _ranks(logits, targets, masked).cpu().numpy())
+                ranks["all"][split][index] = all_ranks.cpu().numpy()
+                ranks["seen_excluded"][split][index] = masked_ranks.cpu().numpy()
     finally:
         model.train(was_training)
     return ranks

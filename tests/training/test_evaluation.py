@@ -10,8 +10,8 @@ from model.config import ModelConfig
 from model.network import SequentialRecommender, build_model
 from model.state import PopState
 from tests.training.toy_data import counting_dataset, cyclic_dataset
-from training.evaluation import (evaluate_model, evaluate_protocols, leave_one_out_ranks,
-                                 protocol_ranks, seen_mask, target_ranks)
+from training.evaluation import (both_ranks, evaluate_model, evaluate_protocols,
+                                 leave_one_out_ranks, protocol_ranks, seen_mask, target_ranks)
 from data.split import evaluation_users, training_item_counts, training_sequences
 
 
@@ -172,3 +172,21 @@ def test_a_window_model_masks_the_whole_history_but_reads_only_its_window() -> N
     assert ranks["all"]["test"].tolist() == [int((scores >= scores[9]).sum())]
     scores[1:9] = float("-inf")  # items 1..8: the whole history before the test target
     assert ranks["seen_excluded"]["test"].tolist() == [1]
+
+
+def test_both_ranks_equal_ranking_a_masked_copy() -> None:
+    # Random scores with ties, repeated history items, padding and a NaN target.
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 4, (50, 9), generator=generator).double()
+    logits[7, 3] = float("nan")
+    histories = torch.randint(1, 9, (50, 6), generator=generator)
+    lengths = torch.randint(0, 7, (50,), generator=generator)
+    targets = torch.randint(1, 9, (50,), generator=generator)
+    targets[7] = 3
+    all_ranks, masked_ranks = both_ranks(logits, targets, histories, lengths)
+    scores = logits.clone()
+    scores[:, 0] = float("-inf")
+    assert all_ranks.tolist() == target_ranks(scores, targets).tolist()
+    masked = scores.masked_fill(seen_mask(histories, lengths, 9), float("-inf"))
+    assert masked_ranks.tolist() == target_ranks(masked, targets).tolist()
+    assert all_ranks[7] == masked_ranks[7] == 9
