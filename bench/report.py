@@ -441,8 +441,10 @@ def build(results: Path, out: Path) -> Path:
     if serve:
         lines += section_footprint(serve) + section_stream(serve, stream_helper)
         lines += section_recompute(serve)
-    lines += section_markdown("6. Accuracy on MovieLens-100k", results / "accuracy.md",
-                              "bench/accuracy.py")
+    lines += section_markdown("6. Accuracy: MovieLens-100k, MovieLens-1M, Amazon Beauty",
+                              results / "accuracy.md", "bench/accuracy.py")
+    lines += section_markdown("6b. Evaluation time", results / "eval_speed.md",
+                              "bench/eval_speed.py")
     lines += section_markdown("7. Training and inference speed", results / "train_speed.md",
                               "bench/train_speed.py")
     if "speedup" in plots:

@@ -109,14 +109,16 @@ def train_demo_model(options: DemoOptions, console: Console) -> None:
     if options.model == "lrurec":  # the paper's sizes (k = 64, N = 2k, two blocks, dropout 0.2)
         config = ModelConfig(num_items=data.num_items, model="lrurec", embed_dim=64,
                              hidden_dim=128, layers=2, dropout=0.2, block_len=50)
-        lr, name = 1e-3, "LRURec (2 blocks, k=64, N=128)"
+        name = "LRURec (2 blocks, k=64, N=128)"
     else:
         config = ModelConfig(num_items=data.num_items, model="cmnrec", rule="tsc", embed_dim=64,
                              hidden_dim=128, mem_width=64, read_heads=1, attn_dim=32,
                              block_len=50, slots=4)
-        lr, name = 2e-3, "CmnRec (TSC, T=50, M=4)"
-    settings = TrainSettings(epochs=options.epochs, batch_size=64, lr=lr, seed=0, patience=3,
-                             threads=options.threads, max_seconds=options.max_seconds)
+        name = "CmnRec (TSC, T=50, M=4)"
+    # The recipe of `cmnrec train` (TrainSettings / ModelConfig defaults: AdamW lr 1e-3, weight
+    # decay 0.01, 16 users per batch), cut by the demo's epoch and time budget.
+    settings = TrainSettings(epochs=options.epochs, seed=0, threads=options.threads,
+                             max_seconds=options.max_seconds)
     console.print(f"No model yet: training {name} on MovieLens-100k "
                   f"({len(data.users)} users, {data.num_interactions} ratings) for at most "
                   f"{options.epochs} epochs / {options.max_seconds:.0f} s on {options.threads} "
@@ -278,7 +280,7 @@ def demo(
     events: int = typer.Option(60, min=1, help="events replayed per user (their first ones)"),
     n: int = typer.Option(10, min=1, max=100, help="recommendations shown per user"),
     threads: int = typer.Option(2, min=1, help="torch threads for training"),
-    epochs: int = typer.Option(12, min=1, help="training epochs (early stopping may end sooner)"),
+    epochs: int = typer.Option(20, min=1, help="training epochs (early stopping may end sooner)"),
     max_seconds: float = typer.Option(420.0, min=1.0, help="training time budget in seconds"),
     port: int = typer.Option(8000, min=0, max=65535,
                              help="HTTP port (0 or a busy port: a free one)"),

@@ -34,7 +34,7 @@ _MODEL = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 _TRAIN = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
 
 
-BUILTIN_DATASETS = ("ml-100k", "synthetic")
+BUILTIN_DATASETS = ("ml-100k", "ml-1m", "beauty", "synthetic")
 
 # ModelConfig / TrainSettings field -> the CLI option that sets it (for error messages).
 _OPTION_OF_FIELD = {
@@ -46,6 +46,8 @@ _OPTION_OF_FIELD = {
     "patience": "--patience", "clip_norm": "--clip-norm", "threads": "--threads",
     "max_seconds": "--max-seconds", "eval_batch_size": "--eval-batch-size", "seed": "--seed",
     "device": "--device", "precision": "--precision", "compile": "--compile", "nproc": "--nproc",
+    "tied": "--tied", "max_len": "--max-len", "heads": "--heads",
+    "optimizer": "--optimizer", "eval_every": "--eval-every",
 }
 
 
@@ -92,8 +94,9 @@ def metrics_table(metrics: dict[str, dict[str, float]], title: str) -> Table:
 
 
 def train(
-    dataset: str = typer.Option("ml-100k", help="ml-100k, synthetic, or a path to u.data, "
-                                "ratings.dat, ratings.csv or a user,item,timestamp CSV"),
+    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or beauty (read from $CMNREC_DATA_DIR), "
+                                "synthetic, or a path to u.data, ratings.dat, ratings.csv or a "
+                                "user,item,timestamp CSV"),
     model: ModelName = typer.Option(ModelName(_MODEL["model"]), help="network to train"),
     rule: ChunkRule = typer.Option(ChunkRule(_MODEL["rule"]), help="chunk rule of cmnrec (srmn writes memory "
                                    "at every event; the RNNs and pop have none)"),
@@ -108,14 +111,20 @@ def train(
     out_dim: Optional[int] = typer.Option(_MODEL["out_dim"], help="projection size before the item scores "
                                           "(default: embed-dim)"),
     dropout: float = typer.Option(_MODEL["dropout"], help="dropout on the embedding and the output projection"),
+    tied: bool = typer.Option(_MODEL["tied"], help="score items with the item embeddings (out-dim = embed-dim)"),
+    max_len: int = typer.Option(_MODEL["max_len"], help="sasrec: events its self-attention reads (L)"),
     layers: int = typer.Option(_MODEL["layers"], help="lrurec: stacked LRU blocks (hidden-dim is each "
-                               "layer's complex state size N)"),
+                               "layer's complex state size N); sasrec: transformer blocks"),
+    heads: int = typer.Option(_MODEL["heads"], help="sasrec: attention heads"),
     epochs: int = typer.Option(_TRAIN["epochs"], help="maximum number of epochs"),
     batch_size: int = typer.Option(_TRAIN["batch_size"], help="users per batch (one optimizer step per block)"),
-    lr: float = typer.Option(_TRAIN["lr"], help="Adam learning rate"),
-    weight_decay: float = typer.Option(_TRAIN["weight_decay"], help="Adam L2 penalty"),
-    patience: int = typer.Option(_TRAIN["patience"], help="epochs without a better validation NDCG@10 before "
-                                 "stopping (0: never stop early)"),
+    lr: float = typer.Option(_TRAIN["lr"], help="learning rate"),
+    weight_decay: float = typer.Option(_TRAIN["weight_decay"], help="weight decay (AdamW) or L2 penalty (Adam)"),
+    optimizer: str = typer.Option(_TRAIN["optimizer"], help="adamw or adam"),
+    patience: int = typer.Option(_TRAIN["patience"], help="validations without a better validation NDCG@10 "
+                                 "before stopping (0: never stop early)"),
+    eval_every: int = typer.Option(_TRAIN["eval_every"], help="also validate every N optimizer steps "
+                                   "(0: once per epoch)"),
     clip_norm: float = typer.Option(_TRAIN["clip_norm"], help="gradient norm clip (0: off)"),
     seed: int = typer.Option(_TRAIN["seed"], help="random seed (weights, dropout, batch order, synthetic data)"),
     threads: Optional[int] = typer.Option(_TRAIN["threads"], help="torch CPU threads (default: torch's)"),
@@ -146,7 +155,8 @@ def train(
                                  param_hint="--nproc")
     try:
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr,
-                                 weight_decay=weight_decay, seed=seed, patience=patience,
+                                 weight_decay=weight_decay, optimizer=optimizer,
+                                 eval_every=eval_every, seed=seed, patience=patience,
                                  clip_norm=clip_norm, threads=threads, max_seconds=max_seconds,
                                  eval_batch_size=eval_batch_size, device=device,
                                  precision=precision.value, compile=compile.value)
@@ -158,7 +168,8 @@ def train(
         config = ModelConfig(num_items=data.num_items, model=model.value, rule=rule.value,
                              embed_dim=embed_dim, hidden_dim=hidden_dim, mem_width=mem_width,
                              read_heads=read_heads, attn_dim=attn_dim, block_len=block_len,
-                             slots=slots, out_dim=out_dim, dropout=dropout, layers=layers)
+                             slots=slots, out_dim=out_dim, dropout=dropout, tied=tied,
+                             max_len=max_len, layers=layers, heads=heads)
     except ValueError as error:
         raise _bad_option(error) from error
     if out is None:
@@ -193,6 +204,8 @@ def train(
     report = result.report
     console.print(metrics_table(report.metrics, f"{config.model} on {data.name} "
                                 f"(leave-one-out, full ranking)"))
+    console.print(metrics_table(report.seen_excluded, f"{config.model} on {data.name} "
+                                f"(leave-one-out, the user's history masked)"))
     console.print(f"{report.epochs} epochs ({report.stopped}, best {report.best_epoch}), "
                   f"{report.seconds_per_epoch:.2f} s/epoch, {report.parameters:,} parameters")
     console.print(f"wrote {out / 'checkpoint.pt'} and {out / 'metrics.json'}")

@@ -36,7 +36,11 @@ from data.titles import titles_beside
 __all__ = ["load_dataset", "build_dataset", "write_interactions", "natural_key", "chronological_order", "DatasetError",
            "DataFormatError", "DatasetNotFoundError", "UnknownDatasetError", "KNOWN_DATASETS"]
 
-KNOWN_DATASETS = ("ml-100k",)
+KNOWN_DATASETS = ("ml-100k", "ml-1m", "beauty")
+# Named benchmark data sets read from a local directory (never downloaded or shipped by the project):
+# $CMNREC_DATA_DIR/<name>/<file>, the layout of the team's ../shared/data (see README "Data sets").
+DATA_DIR_ENV = "CMNREC_DATA_DIR"
+LOCAL_DATASETS = {"ml-1m": "ml-1m/ml-1m.csv.gz", "beauty": "beauty/beauty.csv.gz"}
 RATINGS_FILES = ("u.data", "ratings.dat", "ratings.csv", "ratings.csv.gz")
 WRITE_FORMATS = ("u.data", "ratings.dat", "ratings.csv", "inter", "csv", "tsv")
 
@@ -58,10 +62,10 @@ def load_dataset(source: str | Path, *, min_item_freq: int = 0, min_user_len: in
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{option} must be an integer >= 0, got {value!r}")
     name = str(source)
-    if name in KNOWN_DATASETS:
+    if name == "ml-100k":
         raw, titles = read_ml100k(cache_dir)
     else:
-        path = _ratings_file(name)
+        path = local_dataset_path(name) if name in LOCAL_DATASETS else _ratings_file(name)
         raw = read_interactions(_opener(path), str(path), path.name,
                                 user_col=user_col, item_col=item_col, time_col=time_col)
         titles = titles_beside(path)
@@ -179,6 +183,24 @@ def _ranked(external_ids: list[str], codes: np.ndarray) -> tuple[list[str], np.n
     rank = np.full(len(external_ids), -1, dtype=np.int64)
     rank[present] = np.arange(len(present))
     return [external_ids[code] for code in present], rank
+
+
+def local_dataset_path(name: str, data_dir: str | Path | None = None) -> Path:
+    """The file of a named local data set ("ml-1m", "beauty") under data_dir or $CMNREC_DATA_DIR.
+
+    Raises DatasetNotFoundError saying how to get the file when the directory or the file is missing.
+    """
+    import os
+
+    root = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+    if not root:
+        raise DatasetNotFoundError(
+            f"data set {name!r} is read from a local copy: set {DATA_DIR_ENV} to the directory holding "
+            f"{LOCAL_DATASETS[name]} (README, section 'Data sets'), or pass the file's path instead")
+    path = Path(root).expanduser() / LOCAL_DATASETS[name]
+    if not path.is_file():
+        raise DatasetNotFoundError(f"data set {name!r}: {path} not found ({DATA_DIR_ENV}={root})")
+    return path
 
 
 def _ratings_file(source: str) -> Path:

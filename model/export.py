@@ -207,6 +207,11 @@ def export_model(model: SequentialRecommender, config: ModelConfig, vocab: ItemV
     if config.model == "pop":
         raise ValueError("export: the popularity model has no network to export; serve a neural"
                          " model (its artifact carries the popularity list for cold start)")
+    if config.is_window_model:
+        raise ValueError(f"export: {config.model} is stateless (self-attention over the last "
+                         f"max_len={config.max_len} events, recomputed at every event) and has no "
+                         "fixed-size state for the stateful engine; export cmnrec, srmn, gru4rec or "
+                         "lstm4rec")
     model = model.float().eval()
     graphs = step_graphs(model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -174,10 +174,11 @@ class LRURec(SequentialRecommender):
             h_im.append(im)
         return LRUState(torch.stack(h_re, dim=1), torch.stack(h_im, dim=1), x, state.pos + 1)
 
-    def forward(self, items: Tensor, state: Any,
-                first_pos: int | None = None) -> tuple[Tensor, Any]:
+    def run(self, items: Tensor, state: Any,
+            first_pos: int | None = None) -> tuple[Tensor, Any]:
         """A run of events per user, each layer as one parallel scan. items: [B, L] (0 =
-        padding, only after a row's last event). Returns (logits [B, L, I], state after L).
+        padding, only after a row's last event). Returns (features [B, L, k], state after L);
+        `forward` (the base class's) applies the output layer.
         first_pos: accepted for the trainer's common call; LRURec has no chunk schedule."""
         _, length = items.shape
         x = self.embed_norm(self.dropout(self.embedding(items)))  # [B, L, k]
@@ -188,7 +189,7 @@ class LRURec(SequentialRecommender):
             h_im.append(im)
         state = LRUState(torch.stack(h_re, dim=1), torch.stack(h_im, dim=1), x[:, -1],
                          state.pos + length)
-        return self.output(x), state
+        return x, state
 
     def features(self, state: LRUState) -> Tensor:
         return state.out

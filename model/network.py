@@ -40,7 +40,11 @@ class SequentialRecommender(nn.Module, ABC):
         self.config = config
         self.embedding = nn.Embedding(config.num_items, config.embed_dim, padding_idx=0)
         self.dropout = nn.Dropout(config.dropout)
-        self.decode = nn.Linear(config.projection_dim, config.num_items)
+        # Tied: the item scores reuse the embedding matrix, W_out = E (only the bias is separate).
+        if config.tied:
+            self.decode_bias = nn.Parameter(torch.zeros(config.num_items))  # b_out
+        else:
+            self.decode = nn.Linear(config.projection_dim, config.num_items)  # W_out, b_out
         mask = chunk_mask(config.block_len, config.slots, config.rule)
         self.schedule = mask  # the same flags on the host: tuple[bool, ...] of length T
         self.register_buffer("chunk_mask", torch.tensor(mask, dtype=torch.bool), persistent=False)
@@ -60,12 +64,28 @@ class SequentialRecommender(nn.Module, ABC):
         """What the output layer reads from a state: [B, F]."""
 
     # -- shared ----------------------------------------------------------------------------------
+    @property
+    def block_size(self) -> int:
+        """Events per forward in training and evaluation (truncated BPTT unit): T."""
+        return self.config.block_len
+
+    @property
+    def input_window(self) -> int | None:
+        """How many of the latest events a prediction reads; None: the whole history (recurrent)."""
+        return None
+
     def _float(self) -> torch.dtype:
         return self.embedding.weight.dtype
 
     def output(self, features: Tensor) -> Tensor:
-        """logits = W_out (W_y o + W_r vec r) + b_out. features: [..., F]. Returns [..., I]."""
-        return self.decode(self.dropout(self.combine(features)))
+        """logits = W_out (W_y o + W_r vec r) + b_out, W_out = E when tied. features: [..., F].
+
+        Returns [..., I].
+        """
+        projected = self.dropout(self.combine(features))
+        if self.config.tied:
+            return nn.functional.linear(projected, self.embedding.weight, self.decode_bias)
+        return self.decode(projected)
 
     def scores(self, state: Any) -> Tensor:
         """Logits for the next item from a stored state, without changing it: [B, I]."""
@@ -84,8 +104,15 @@ class SequentialRecommender(nn.Module, ABC):
 
     def forward(self, items: Tensor, state: Any,
                 first_pos: int | None = None) -> tuple[Tensor, Any]:
-        """A run of events per user. items: [B, L] (0 = padding). Returns ([B, L, I], state).
+        """A run of events per user. items: [B, L] (0 = padding). Returns ([B, L, I], state)."""
+        features, state = self.run(items, state, first_pos)
+        return self.output(features), state
 
+    def run(self, items: Tensor, state: Any,
+            first_pos: int | None = None) -> tuple[Tensor, Any]:
+        """forward without the output layer: ([B, L, F] features after each event, state).
+
+        The evaluation scores only the few positions it ranks, so it applies `output` to those.
         first_pos: the pos every row of `state` is at, when the caller knows it (the trainer
         does); the chunk flags then come from the host-side schedule and the loop reads no device
         value on the host (no synchronisation, capturable in a CUDA graph). None: read state.pos.
@@ -106,7 +133,7 @@ class SequentialRecommender(nn.Module, ABC):
             chunk: ChunkFlag = shared[t] if shared is not None else flags[:, t]  # type: ignore[index]
             state = self.advance(embedded[:, t], state, chunk)
             features.append(self.features(state))
-        return self.output(torch.stack(features, dim=1)), state
+        return torch.stack(features, dim=1), state
 
 
 class CmnRec(SequentialRecommender):
@@ -250,6 +277,10 @@ class PopularityRecommender(SequentialRecommender):
 
 def build_model(config: ModelConfig) -> SequentialRecommender:
     """The network named by config.model."""
+    if config.is_window_model:
+        from model.sasrec import SASRec  # model/sasrec.py builds on this module
+
+        return SASRec(config)
     if config.has_memory:
         return CmnRec(config)
     if config.model == "pop":

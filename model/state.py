@@ -64,6 +64,14 @@ class PopState(NamedTuple):
     pos: Any  # [B] int64
 
 
+class WindowState(NamedTuple):
+    """State of SASRec: the last L item ids (oldest first, right-padded with 0 while fewer than L
+    events) and the count of events. Recomputed over at every event; not served."""
+
+    items: Any  # [B, L] int64
+    pos: Any  # [B] int64
+
+
 class FieldSpec(NamedTuple):
     """One state field without its batch axis."""
 
@@ -75,8 +83,8 @@ class FieldSpec(NamedTuple):
 def state_class(config: ModelConfig) -> type:
     if config.has_memory:
         return MemoryRecState
-    return {"lstm4rec": LSTMState, "gru4rec": GRUState, "pop": PopState,
-            "lrurec": LRUState}[config.model]
+    return {"lstm4rec": LSTMState, "gru4rec": GRUState, "sasrec": WindowState,
+            "pop": PopState, "lrurec": LRUState}[config.model]
 
 
 def state_fields(config: ModelConfig, float_dtype: str = "float32") -> list[FieldSpec]:
@@ -85,11 +93,11 @@ def state_fields(config: ModelConfig, float_dtype: str = "float32") -> list[Fiel
     shapes = {
         "h": (H,), "c": (H,), "out": (H,), "read": (R, W), "memory": (N, W), "usage": (N,),
         "link": (N, N), "precedence": (N,), "write_weights": (N,), "read_weights": (R, N),
-        "attn_max": (), "attn_norm": (), "attn_sum": (H,), "pos": (),
+        "attn_max": (), "attn_norm": (), "attn_sum": (H,), "pos": (), "items": (config.max_len,),
     }
     if config.model == "lrurec":
         shapes.update(h_re=(config.layers, H), h_im=(config.layers, H), out=(config.embed_dim,))
     return [
-        FieldSpec(name, shapes[name], "int64" if name == "pos" else float_dtype)
+        FieldSpec(name, shapes[name], "int64" if name in ("pos", "items") else float_dtype)
         for name in state_class(config)._fields
     ]

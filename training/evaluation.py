@@ -4,7 +4,9 @@ For a user with n >= 3 events x_1..x_n, one full-sequence forward over x_1..x_{n
 state gives, at 0-based position n-3 (after x_1..x_{n-2}), the scores for the validation target
 x_{n-1}, and at position n-2 (after x_1..x_{n-1}) the scores for the test target x_n. Users are
 batched by length and right-padded; the forward runs one block of T events at a time with the state
-carried, so at most [B, T, I] logits exist at once, and only the two rows per user are ranked.
+carried, and only the features at those two positions go through the output layer: two [B, I] score
+matrices per batch, no per-user Python loop. Both protocols come from the same scores: "all" ranks
+every item, "seen_excluded" masks the items of the user's history before the target.
 Ranks are pessimistic: an item scoring the same as the target counts as ranked above it.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from training.batching import length_sorted_batches, pad_right
 from training.metrics import CUTOFFS, ranking_metrics
 
 SPLITS = ("valid", "test")
+PROTOCOLS = ("all", "seen_excluded")  # rank all items | mask the user's history
 
 
 def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
@@ -35,63 +38,127 @@ def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
     return torch.where(torch.isnan(target_scores.squeeze(1)), worst, ranks.clamp(min=1))
 
 
-def _rankable(logits: Tensor, history: Tensor, upto: Tensor, exclude_seen: bool) -> Tensor:
-    """Logits with padding (and optionally the items seen so far) set to -inf.
+def seen_mask(histories: Tensor, lengths: Tensor, num_items: int) -> Tensor:
+    """[U, I] bool: True for every item among the first lengths[u] events of histories[u].
 
-    logits: [r, I]; history: [r, L] padded inputs; upto: [r] last input position absorbed.
+    histories: [U, L] item ids (right-padded with 0); lengths: [U] prefix lengths (<= L).
+    Index 0 (padding) is always True.
     """
-    scores = logits.clone()
-    scores[:, PAD_ID] = float("-inf")
-    if exclude_seen:
-        positions = torch.arange(history.shape[1], device=history.device).unsqueeze(0)
-        seen = torch.where(positions <= upto.unsqueeze(1), history, torch.zeros_like(history))
-        mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, seen, True)
-        scores = scores.masked_fill(mask, float("-inf"))
-    return scores
+    positions = torch.arange(histories.shape[1], device=histories.device).unsqueeze(0)
+    seen = torch.where(positions < lengths.unsqueeze(1), histories, torch.zeros_like(histories))
+    return torch.zeros(histories.shape[0], num_items, dtype=torch.bool,
+                       device=histories.device).scatter_(1, seen, True)
+
+
+def both_ranks(logits: Tensor, targets: Tensor, histories: Tensor,
+               lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Pessimistic 1-based ranks of the targets, padding never ranked: (among all items, among the
+    items not in the first lengths[u] events of histories[u]).
+
+    The same ranks as target_ranks on scores with padding (and the seen items) set to -inf, without
+    writing a masked copy of the [U, I] scores: the masked rank is the all-items rank minus the
+    distinct seen items scoring >= the target; a seen target ranks at I, an unscorable (NaN) one too.
+    logits: [U, I]; targets: [U]; histories: [U, L] item ids; lengths: [U]. Returns two [U] int64.
+    """
+    num_items = logits.shape[1]
+    target_scores = logits.gather(1, targets.unsqueeze(1))  # [U, 1]
+    above = logits >= target_scores  # [U, I], the target itself included once
+    all_ranks = above.sum(dim=1) - above[:, PAD_ID].long()
+    positions = torch.arange(histories.shape[1], device=histories.device).unsqueeze(0)
+    seen = torch.where(positions < lengths.unsqueeze(1), histories, torch.zeros_like(histories))
+    seen, _ = seen.sort(dim=1)  # [U, L]; repeats side by side, padding (0) first
+    distinct = (seen != PAD_ID) & torch.cat([torch.ones_like(seen[:, :1], dtype=torch.bool),
+                                             seen[:, 1:] != seen[:, :-1]], dim=1)
+    seen_above = (above.gather(1, seen) & distinct).sum(dim=1)
+    target_seen = ((seen == targets.unsqueeze(1)) & distinct).any(dim=1)
+    worst = torch.full_like(all_ranks, num_items)
+    unscorable = torch.isnan(target_scores.squeeze(1))
+    all_ranks = torch.where(unscorable, worst, all_ranks.clamp(min=1))
+    masked_ranks = torch.where(unscorable | target_seen, worst,
+                               (all_ranks - seen_above).clamp(min=1))
+    return all_ranks, masked_ranks
+
+
+@torch.no_grad()
+def protocol_ranks(model: SequentialRecommender, dataset: SequenceDataset,
+                   batch_size: int = 128) -> dict[str, dict[str, np.ndarray]]:
+    """1-based ranks of every evaluated user's validation and test target under both protocols.
+
+    "all": among all items; "seen_excluded": among the items not in the user's history before the
+    target (the whole history: events 1..n-2 for the validation target, 1..n-1 for the test target,
+    not only the events a window model reads). One forward serves both: the model runs over the
+    events before the test target (a window model over the last `input_window` of them, so its
+    validation prediction reads one event fewer when the history is longer than the window), only
+    the features at the two scored positions go through the output layer.
+    Returns {"all": {"valid": [U], "test": [U]}, "seen_excluded": {...}}, users in the order of
+    data.split.evaluation_users(dataset).
+    """
+    was_training = model.training
+    model.eval()
+    device = next(iter(model.buffers()), torch.zeros(0)).device
+    users = evaluation_users(dataset)
+    full = [dataset.sequences[u] for u in users]
+    window = model.input_window
+    inputs_of = [s[:-1] if window is None else s[:-1][-window:] for s in full]
+    lengths = np.array([len(s) for s in inputs_of], dtype=np.int64)
+    ranks = {name: {split: np.zeros(len(users), dtype=np.int64) for split in SPLITS}
+             for name in PROTOCOLS}
+    block = model.block_size
+    try:
+        for rows in length_sorted_batches(lengths, batch_size):
+            inputs = torch.from_numpy(pad_right([inputs_of[r] for r in rows])).to(device)  # [B, L]
+            m = torch.from_numpy(lengths[rows]).to(device)
+            position = {"valid": m - 2, "test": m - 1}  # input position whose output scores it
+            picked: dict[str, list[Tensor]] = {split: [] for split in SPLITS}
+            order: dict[str, list[Tensor]] = {split: [] for split in SPLITS}
+            state = model.initial_state(len(rows), device=device)
+            for start in range(0, inputs.shape[1], block):
+                # Rows are sorted longest first, so the rows still needing outputs are a prefix.
+                active = int((position["test"] >= start).sum())
+                state = type(state)(*(field[:active] for field in state))
+                features, state = model.run(inputs[:active, start: start + block], state)
+                for split in SPLITS:
+                    at = position[split][:active] - start
+                    hit = ((at >= 0) & (at < features.shape[1])).nonzero().squeeze(1)
+                    picked[split].append(features[hit, at[hit]])
+                    order[split].append(hit)
+            histories = torch.from_numpy(pad_right([full[r][:-1] for r in rows])).to(device)
+            n = torch.from_numpy(np.array([len(full[r]) for r in rows])).to(device)
+            for split, seen_len, target_at in (("valid", n - 2, -2), ("test", n - 1, -1)):
+                hit = torch.cat(order[split])
+                logits = model.output(torch.cat(picked[split]))  # [B, I], rows in `hit` order
+                targets = torch.tensor([int(full[r][target_at]) for r in rows],
+                                       device=device)[hit]
+                all_ranks, masked_ranks = both_ranks(logits, targets, histories[hit],
+                                                     seen_len[hit])
+                index = rows[hit.cpu().numpy()]
+                ranks["all"][split][index] = all_ranks.cpu().numpy()
+                ranks["seen_excluded"][split][index] = masked_ranks.cpu().numpy()
+    finally:
+        model.train(was_training)
+    return ranks
 
 
 @torch.no_grad()
 def leave_one_out_ranks(model: SequentialRecommender, dataset: SequenceDataset,
                         batch_size: int = 128, exclude_seen: bool = False) -> dict[str, np.ndarray]:
-    """1-based ranks of every evaluated user's validation and test target among all items.
+    """1-based ranks of every evaluated user's validation and test target among all items
+    (exclude_seen: among the items not in the user's history before the target).
 
     Returns {"valid": [U] int64, "test": [U] int64}, users in the order of
     data.split.evaluation_users(dataset).
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    users = evaluation_users(dataset)
-    lengths = np.array([len(dataset.sequences[u]) for u in users], dtype=np.int64)
-    ranks = {split: np.zeros(len(users), dtype=np.int64) for split in SPLITS}
-    block = model.config.block_len
-    try:
-        for rows in length_sorted_batches(lengths, batch_size):
-            seqs = [dataset.sequences[u] for u in users[rows]]
-            inputs = torch.from_numpy(pad_right([s[:-1] for s in seqs])).to(device)  # [B, L]
-            n = torch.from_numpy(lengths[rows]).to(device)
-            wanted = {  # split -> (0-based input position whose logits score it, target item)
-                "valid": (n - 3, torch.tensor([int(s[-2]) for s in seqs], device=device)),
-                "test": (n - 2, torch.tensor([int(s[-1]) for s in seqs], device=device)),
-            }
-            state = model.initial_state(len(rows), device=device)
-            for start in range(0, inputs.shape[1], block):
-                # Rows are sorted longest first, so the rows still needing logits are a prefix.
-                active = int((wanted["test"][0] >= start).sum())
-                state = type(state)(*(field[:active] for field in state))
-                logits, state = model(inputs[:active, start: start + block], state)  # [a, t, I]
-                for split, (position, target) in wanted.items():
-                    hit = ((position[:active] >= start)
-                           & (position[:active] < start + logits.shape[1])).nonzero().squeeze(1)
-                    if hit.numel() == 0:
-                        continue
-                    row_logits = logits[hit, position[hit] - start]  # [h, I]
-                    scores = _rankable(row_logits, inputs[hit], position[hit], exclude_seen)
-                    ranks[split][rows[hit.cpu().numpy()]] = (
-                        target_ranks(scores, target[hit]).cpu().numpy())
-    finally:
-        model.train(was_training)
-    return ranks
+    return protocol_ranks(model, dataset, batch_size)["seen_excluded" if exclude_seen else "all"]
+
+
+def evaluate_protocols(model: SequentialRecommender, dataset: SequenceDataset,
+                       batch_size: int = 128, cutoffs: tuple[int, ...] = CUTOFFS
+                       ) -> dict[str, dict[str, dict[str, float]]]:
+    """Both protocols from one forward: {"all": {"valid": {...}, "test": {...}},
+    "seen_excluded": {"valid": {...}, "test": {...}}}."""
+    ranks = protocol_ranks(model, dataset, batch_size)
+    return {name: {split: ranking_metrics(by_split[split], cutoffs) for split in SPLITS}
+            for name, by_split in ranks.items()}
 
 
 def evaluate_model(model: SequentialRecommender, dataset: SequenceDataset, batch_size: int = 128,

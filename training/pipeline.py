@@ -14,7 +14,6 @@ from model.config import ModelConfig
 from model.network import SequentialRecommender
 from training import distributed
 from training.checkpoint import save_run, write_metrics
-from training.evaluation import evaluate_model
 from training.trainer import TrainReport, TrainSettings, train_model
 
 
@@ -39,8 +38,7 @@ def train_run(data: SequenceDataset, config: ModelConfig, settings: TrainSetting
     net, report = train_model(data, config, settings, progress=progress)
     if not distributed.from_environment().is_main:  # a data-parallel rank other than 0
         return RunResult(model=net.cpu(), report=report, metrics={}, out=Path(out))
-    seen_excluded = evaluate_model(net, data, batch_size=settings.eval_batch_size,
-                                   exclude_seen=True)
+    seen_excluded = report.seen_excluded
     info = {"name": data.name, "users": len(data.users), "items": data.num_items - 1,
             "interactions": data.num_interactions,
             "eval_users": int(len(evaluation_users(data))), **(dataset_info or {})}
@@ -49,7 +47,7 @@ def train_run(data: SequenceDataset, config: ModelConfig, settings: TrainSetting
     metrics: dict[str, Any] = {
         "valid": report.metrics["valid"], "test": report.metrics["test"],
         "seconds_per_epoch": report.seconds_per_epoch, "epochs": report.epochs,
-        "parameters": report.parameters, "best_epoch": report.best_epoch,
+        "parameters": report.parameters, "best_epoch": report.best_epoch, "steps": report.steps,
         "stopped": report.stopped, "train_seconds": report.train_seconds,
         "history": report.history, "config": config.to_dict(), "settings": settings.to_dict(),
         "dataset": info,

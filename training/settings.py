@@ -14,16 +14,21 @@ def valid_device(spec: str) -> bool:
     return spec in ("auto", "cpu", "cuda") or (spec.startswith("cuda:") and spec[5:].isdigit())
 
 
+OPTIMIZERS = ("adamw", "adam")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """How to train (not what: that is ModelConfig)."""
 
-    epochs: int = 20  # passes over every user's training history
+    epochs: int = 60  # passes over every user's training history
     batch_size: int = 16  # users per batch (one optimizer step per block of T events of a batch)
-    lr: float = 3e-3  # Adam learning rate
-    weight_decay: float = 0.0  # Adam L2 penalty
+    lr: float = 1e-3  # learning rate
+    weight_decay: float = 0.01  # AdamW: decoupled weight decay; Adam: L2 penalty
+    optimizer: str = "adamw"  # adamw | adam
     seed: int = 0  # seeds weight init, dropout and batch order
-    patience: int = 5  # epochs without a better validation NDCG@10 before stopping; 0 = never
+    patience: int = 8  # validations without a better validation NDCG@10 before stopping; 0 = never
+    eval_every: int = 0  # also validate every this many optimizer steps; 0 = once per epoch
     clip_norm: float = 5.0  # max global gradient norm per step; 0 = no clipping
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
     max_seconds: float | None = None  # wall-clock budget of the training loop; None = no limit
@@ -37,6 +42,7 @@ class TrainSettings:
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
             "weight_decay": self.weight_decay >= 0, "patience": self.patience >= 0,
+            "optimizer": self.optimizer in OPTIMIZERS, "eval_every": self.eval_every >= 0,
             "clip_norm": self.clip_norm >= 0, "eval_batch_size": self.eval_batch_size >= 1,
             "threads": self.threads is None or self.threads >= 1,
             "max_seconds": self.max_seconds is None or self.max_seconds > 0,

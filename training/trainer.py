@@ -12,7 +12,7 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from training.batching import length_sorted_batches, pad_right
 from training import distributed
 from training.device import (autocast, compile_steps, eager_steps, resolve_device, to_device,
                              uncompile)
-from training.evaluation import evaluate_model
+from training.evaluation import evaluate_protocols
 from training.settings import TrainSettings
 
 EARLY_STOPPING_METRIC = "ndcg@10"  # on the validation targets
@@ -38,9 +38,12 @@ class TrainReport:
     """What happened during training, and the final evaluation of the kept weights."""
 
     metrics: dict[str, dict[str, float]]  # {"valid": {...}, "test": {...}} of the restored best model
-    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    # the same with the user's history masked out of the ranking (the published tables' protocol)
+    seen_excluded: dict[str, dict[str, float]] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per validation
     best_epoch: int = 0  # epoch whose weights were kept (0: no epoch run, e.g. popularity)
-    epochs: int = 0  # epochs run
+    epochs: int = 0  # epochs run (the last one possibly cut short)
+    steps: int = 0  # optimizer steps
     seconds_per_epoch: float = 0.0  # mean wall time of the training pass of one epoch (no eval)
     train_seconds: float = 0.0  # total wall time including per-epoch validation
     parameters: int = 0  # trained parameters
@@ -69,8 +72,10 @@ def _detached(state: Any) -> Any:
 def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
                 sequences: list[np.ndarray], batches: list[np.ndarray], settings: TrainSettings,
                 bar: tqdm, deadline: float | None,
-                cluster: distributed.Cluster = distributed.SINGLE) -> tuple[float, int, bool]:
-    """One pass over the batches. Returns (mean loss per target, targets seen, ran out of time).
+                cluster: distributed.Cluster = distributed.SINGLE,
+                on_step: Callable[[], bool] | None = None) -> tuple[float, int, bool]:
+    """One pass over the batches. Returns (mean loss per target, targets seen, stopped early: out
+    of time, or told to by on_step, which runs after every optimizer step: mid-epoch validation).
 
     model: the network, or its DDP wrapper when cluster.parallel; it runs on its parameters'
     device. batches: the global batches, sharded here by cluster.rank (training/distributed.py).
@@ -80,7 +85,7 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
     core = distributed.unwrap(model)
     core.train()
     device = next(core.parameters()).device
-    block = core.config.block_len
+    block = core.block_size
     total_loss = torch.zeros((), device=device)  # summed on the device: read once per epoch
     local_targets, total_targets = 0, 0
     for rows in batches:
@@ -120,6 +125,8 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
             local_targets += local
             total_targets += count
             bar.update(count)
+            if on_step is not None and on_step():
+                return float(total_loss) / max(local_targets, 1), total_targets, True
         if not bar.disable:  # one read-back per batch, only to show the running loss
             bar.set_postfix(loss=f"{float(total_loss) / max(local_targets, 1):.4f}",
                             refresh=False)
@@ -134,9 +141,10 @@ def _fit_popularity(model: PopularityRecommender, dataset: SequenceDataset,
     began = time.perf_counter()
     model.fit(torch.from_numpy(training_item_counts(dataset)).to(model.log_counts.device))
     fit_seconds = time.perf_counter() - began
-    metrics = (evaluate_model(model, dataset, batch_size=settings.eval_batch_size)
-               if cluster.is_main else {})
-    return TrainReport(metrics=metrics, seconds_per_epoch=fit_seconds,
+    both = (evaluate_protocols(model, dataset, batch_size=settings.eval_batch_size)
+            if cluster.is_main else {"all": {}, "seen_excluded": {}})
+    return TrainReport(metrics=both["all"], seen_excluded=both["seen_excluded"],
+                       seconds_per_epoch=fit_seconds,
                        train_seconds=time.perf_counter() - began, parameters=0)
 
 
@@ -178,25 +186,95 @@ def train_model(dataset: SequenceDataset, config: ModelConfig, settings: TrainSe
         distributed.leave(opened)
 
 
+def training_windows(model: SequentialRecommender, dataset: SequenceDataset) -> list[np.ndarray]:
+    """What each user trains on: the whole training history for the recurrent models (read from
+    the first event, as served); the last input_window + 1 events of it for a window model."""
+    sequences = training_sequences(dataset)
+    window = model.input_window
+    return sequences if window is None else [s[-(window + 1):] for s in sequences]
+
+
+def make_optimizer(model: SequentialRecommender, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay on the weight matrices and embeddings, none on biases and
+    norms) or Adam (L2 penalty on everything)."""
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=settings.lr,
+                                weight_decay=settings.weight_decay)
+    decayed = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    plain = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decayed, "weight_decay": settings.weight_decay},
+                              {"params": plain, "weight_decay": 0.0}], lr=settings.lr)
+
+
+class _Selection:
+    """Early stopping: validates, keeps the best weights, counts validations without a gain."""
+
+    def __init__(self, model: SequentialRecommender, dataset: SequenceDataset,
+                 settings: TrainSettings, progress: bool) -> None:
+        self.model, self.dataset, self.settings, self.progress = model, dataset, settings, progress
+        self.best_score, self.best_epoch, self.best_weights = -1.0, 0, None
+        self.without_gain = 0
+        self.history: list[dict[str, Any]] = []
+
+    def validate(self, epoch: int, step: int, record: dict[str, Any]) -> bool:
+        """Validate now; returns True when patience has run out."""
+        both = evaluate_protocols(self.model, self.dataset,
+                                  batch_size=self.settings.eval_batch_size)
+        self.model.train()
+        valid = both["all"]["valid"]
+        score = valid[EARLY_STOPPING_METRIC]
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch, self.without_gain = score, epoch, 0
+            self.best_weights = {k: v.detach().clone()
+                                 for k, v in self.model.state_dict().items()}
+        else:
+            self.without_gain += 1
+        self.history.append({"epoch": epoch, "step": step, **record, "valid": valid,
+                             "valid_seen_excluded": both["seen_excluded"]["valid"],
+                             "best": improved})
+        if self.progress:
+            tqdm.write(f"epoch {epoch} step {step}: valid {EARLY_STOPPING_METRIC} {score:.4f}"
+                       f"{'  (best)' if improved else ''}")
+        return bool(self.settings.patience and self.without_gain >= self.settings.patience)
+
+
 def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
                    settings: TrainSettings, rng: np.random.Generator,
                    progress: bool, cluster: distributed.Cluster = distributed.SINGLE) -> TrainReport:
+    """Train with early stopping. Under DDP only rank 0 validates; its stop decisions are
+    broadcast (distributed.from_main), so every rank stops at the same step."""
     began = time.perf_counter()
     deadline = None if settings.max_seconds is None else began + settings.max_seconds
     device = next(model.parameters()).device
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr,
-                                 weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(model, settings)
     trained = distributed.wrap(compile_steps(model, settings.compile), cluster, device)
-    sequences = training_sequences(dataset)
+    sequences = training_windows(model, dataset)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     trainable = np.flatnonzero(lengths >= 2)  # a user needs two events for one prediction
     if trainable.size == 0:
         raise ValueError("dataset: no user has two training events to learn from")
     targets_per_epoch = int((lengths[trainable] - 1).sum())
 
-    history: list[dict[str, Any]] = []
-    best_score, best_epoch, best_weights = -1.0, 0, None
-    epochs_without_gain, stopped, epoch_seconds = 0, "completed", []
+    selection = _Selection(model, dataset, settings, progress)
+    stopped, epoch_seconds, steps, epoch = "completed", [], 0, 0
+    patience_out = False
+
+    def validate(record: dict[str, Any]) -> bool:
+        """Rank 0 validates (with the eager steps); every rank follows its decision."""
+        out = False
+        if cluster.is_main:
+            with eager_steps(model):
+                out = selection.validate(epoch, steps, record)
+        return bool(distributed.from_main([float(out)], cluster, device)[0])
+
+    def on_step() -> bool:
+        nonlocal steps, patience_out
+        steps += 1
+        if settings.eval_every and steps % settings.eval_every == 0:
+            patience_out = validate({"complete": False})
+        return patience_out
+
     for epoch in range(1, settings.epochs + 1):
         # the same global batches on every rank; each trains its shard of every batch
         batches = [trainable[b] for b in length_sorted_batches(
@@ -204,44 +282,34 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
         epoch_began = time.perf_counter()
         with tqdm(total=targets_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", unit="ev",
                   unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True) as bar:
-            loss, seen, out_of_time = train_epoch(trained, optimizer, sequences, batches,
-                                                  settings, bar, deadline, cluster)
+            loss, seen, cut_short = train_epoch(trained, optimizer, sequences, batches, settings,
+                                                bar, deadline, cluster, on_step)
         seconds = time.perf_counter() - epoch_began
-        if not out_of_time or not epoch_seconds:  # a cut-short epoch is no epoch's timing
+        if not cut_short or not epoch_seconds:  # a cut-short epoch is no epoch's timing
             epoch_seconds.append(seconds)
-        # rank 0 evaluates and decides; every rank follows its decision
-        with eager_steps(model):
-            valid = (evaluate_model(model, dataset, batch_size=settings.eval_batch_size)["valid"]
-                     if cluster.is_main else {})
-        late = deadline is not None and time.perf_counter() > deadline
-        score, late_anywhere = distributed.from_main(
-            [valid.get(EARLY_STOPPING_METRIC, 0.0), float(late)], cluster, device)
-        improved = score > best_score
-        if improved:
-            best_score, best_epoch, epochs_without_gain = score, epoch, 0
-            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            epochs_without_gain += 1
-        history.append({"epoch": epoch, "loss": loss, "seconds": seconds, "events": seen,
-                        "events_per_second": seen / max(seconds, 1e-9), "valid": valid,
-                        "best": improved, "complete": not out_of_time})
+        record = {"loss": loss, "seconds": seconds, "events": seen,
+                  "events_per_second": seen / max(seconds, 1e-9), "complete": not cut_short}
+        if not patience_out:
+            patience_out = validate(record)
+        elif selection.history:
+            selection.history[-1].update(record)
         if progress:
-            tqdm.write(f"epoch {epoch}: loss {loss:.4f}  valid {EARLY_STOPPING_METRIC} "
-                       f"{score:.4f}  {seen / max(seconds, 1e-9):,.0f} events/s"
-                       f"{'  (best)' if improved else ''}")
-        if out_of_time or late_anywhere:
-            stopped = "max_seconds"
-            break
-        if settings.patience and epochs_without_gain >= settings.patience:
+            tqdm.write(f"epoch {epoch}: loss {loss:.4f}  {seen / max(seconds, 1e-9):,.0f} events/s")
+        if patience_out:
             stopped = "early_stopping"
+            break
+        late = deadline is not None and time.perf_counter() > deadline
+        if deadline is not None and distributed.any_rank(late, cluster, device):
+            stopped = "max_seconds"
             break
 
     uncompile(model)
-    if best_weights is not None:
-        model.load_state_dict(best_weights)
-    metrics = (evaluate_model(model, dataset, batch_size=settings.eval_batch_size)
-               if cluster.is_main else {})
-    return TrainReport(metrics=metrics, history=history, best_epoch=best_epoch,
-                       epochs=len(history), seconds_per_epoch=float(np.mean(epoch_seconds)),
+    if selection.best_weights is not None:
+        model.load_state_dict(selection.best_weights)
+    both = (evaluate_protocols(model, dataset, batch_size=settings.eval_batch_size)
+            if cluster.is_main else {"all": {}, "seen_excluded": {}})
+    return TrainReport(metrics=both["all"], seen_excluded=both["seen_excluded"],
+                       history=selection.history, best_epoch=selection.best_epoch,
+                       epochs=epoch, steps=steps, seconds_per_epoch=float(np.mean(epoch_seconds)),
                        train_seconds=time.perf_counter() - began,
                        parameters=count_parameters(model), stopped=stopped)

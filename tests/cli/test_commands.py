@@ -115,6 +115,11 @@ def test_bad_run_options_name_the_option(trained_run, args, option) -> None:
     (["--lr", "-1"], "--lr"),
     (["--dropout", "1.5"], "--dropout"),
     (["--min-item-freq", "0"], "--min-item-freq"),
+    (["--optimizer", "sgd"], "--optimizer"),
+    (["--eval-every", "-1"], "--eval-every"),
+    (["--tied", "--out-dim", "4"], "--tied"),
+    (["--model", "sasrec", "--heads", "3", "--embed-dim", "8"], "--heads"),
+    (["--model", "sasrec", "--max-len", "0"], "--max-len"),
 ])
 def test_bad_train_options_name_the_option(trained_run, tmp_path, args, option) -> None:
     _, csv_path = trained_run
@@ -129,6 +134,30 @@ def test_missing_run_and_missing_dataset_are_named(tmp_path) -> None:
     assert missing.exit_code == 2 and "--run" in missing.output
     no_data = _invoke("train", "--dataset", tmp_path / "absent.csv", "--out", tmp_path / "r")
     assert no_data.exit_code == 2 and "--dataset" in no_data.output
+
+
+def test_named_local_dataset_without_its_directory_is_named(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("CMNREC_DATA_DIR", raising=False)
+    result = _invoke("train", "--dataset", "ml-1m", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "--dataset" in result.output
+    assert "CMNREC_DATA_DIR" in result.output
+
+
+def test_sasrec_trains_through_the_cli_and_export_refuses_it(trained_run, tmp_path) -> None:
+    _, csv_path = trained_run
+    run = tmp_path / "sasrec"
+    result = _invoke("train", "--dataset", csv_path, "--model", "sasrec", "--max-len", "12",
+                     "--heads", "2", "--tied", "--epochs", "1", "--eval-every", "2", "--out", run,
+                     *TINY)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"]["model"] == "sasrec" and metrics["config"]["tied"] is True
+    assert metrics["settings"]["optimizer"] == "adamw" and metrics["steps"] > 0
+    again = json.loads(_invoke("evaluate", "--run", run, "--json", "--exclude-seen").stdout)
+    assert again["test"] == pytest.approx(metrics["seen_excluded"]["test"], abs=1e-12)
+    refused = _invoke("export", "--run", run, "--out", tmp_path / "art")
+    assert refused.exit_code == 2 and "--run" in refused.output
+    assert "stateless" in refused.output and not (tmp_path / "art").exists()
 
 
 def test_popularity_through_the_cli(trained_run, tmp_path) -> None:

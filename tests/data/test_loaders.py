@@ -281,8 +281,8 @@ def test_written_logs_load_back_identically(tmp_path, fmt):
 
 
 def test_unknown_name_and_missing_paths_are_clear(tmp_path):
-    with pytest.raises(UnknownDatasetError, match="unknown data set 'ml-1m': known data sets are ml-100k"):
-        load_dataset("ml-1m")
+    with pytest.raises(UnknownDatasetError, match="unknown data set 'ml-20m': known data sets are ml-100k"):
+        load_dataset("ml-20m")
     with pytest.raises(DatasetNotFoundError, match="data set file not found: .*nope.csv"):
         load_dataset(tmp_path / "nope.csv")
     with pytest.raises(DatasetNotFoundError, match="holds none of u.data"):
@@ -338,3 +338,30 @@ def test_a_failed_download_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(DatasetDownloadError, match="pip download recbole==1.2.1` failed"):
         fetch_recbole_wheel(tmp_path / "cache")
     assert not (tmp_path / "cache" / RECBOLE_WHEEL).exists()
+
+
+# --- ml-1m / beauty: named local copies under $CMNREC_DATA_DIR ---------------------------------------
+
+SHARED_DATA = REPO.parent / "shared" / "data"  # the team's copies (never committed into the project)
+
+
+def test_named_local_dataset_needs_the_data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("CMNREC_DATA_DIR", raising=False)
+    with pytest.raises(DatasetNotFoundError, match="set CMNREC_DATA_DIR to the directory holding ml-1m/ml-1m.csv.gz"):
+        load_dataset("ml-1m")
+    monkeypatch.setenv("CMNREC_DATA_DIR", str(tmp_path))
+    with pytest.raises(DatasetNotFoundError, match="beauty.csv.gz not found"):
+        load_dataset("beauty")
+    (tmp_path / "beauty").mkdir()
+    with gzip.open(tmp_path / "beauty" / "beauty.csv.gz", "wt") as f:
+        f.write("user_id,item_id,timestamp\n1,10,0\n1,11,1\n2,11,0\n1,12,2\n")
+    data = load_dataset("beauty")
+    assert data.name == "beauty" and [s.tolist() for s in data.sequences] == [[1, 2, 3], [2]]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ml-1m" / "ml-1m.csv.gz").is_file(), reason="no ../shared/data")
+def test_ml1m_from_the_shared_copy_matches_its_readme(monkeypatch):
+    monkeypatch.setenv("CMNREC_DATA_DIR", str(SHARED_DATA))
+    data = load_dataset("ml-1m")
+    assert (len(data.users), data.num_items - 1, data.num_interactions) == (6040, 3416, 999611)
+    assert len(data.vocab.titles) == 3416  # movies.dat beside it

@@ -32,13 +32,15 @@ VARIANTS = {
     "lstm4rec": ("lstm4rec", "none"),
     "gru4rec": ("gru4rec", "none"),
     "lrurec": ("lrurec", "none"),
+    "cmnrec-tsc-tied": ("cmnrec", "tsc"),  # output layer tied to the item embeddings
+    "gru4rec-tied": ("gru4rec", "none"),
 }
 MEMORY_VARIANTS = ("cmnrec-pec", "cmnrec-tsc", "cmnrec-exc", "srmn")
 
 
-def tiny_config(model: str, rule: str) -> ModelConfig:
+def tiny_config(model: str, rule: str, tied: bool = False) -> ModelConfig:
     return ModelConfig(num_items=NUM_ITEMS, model=model, rule=rule, embed_dim=8, hidden_dim=12,
-                       mem_width=6, read_heads=2, attn_dim=5, block_len=5, slots=2)
+                       mem_width=6, read_heads=2, attn_dim=5, block_len=5, slots=2, tied=tied)
 
 
 def item_counts() -> np.ndarray:
@@ -55,7 +57,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
     out = {}
     for seed, (name, (model, rule)) in enumerate(VARIANTS.items()):
         torch.manual_seed(seed)
-        network = build_model(tiny_config(model, rule)).float()  # whatever the default dtype
+        network = build_model(tiny_config(model, rule, tied=name.endswith("-tied"))).float()
         run_dir = save_run(root / "runs" / name, network, vocab, item_counts(),
                            {"seed": seed}).parent
         out[name] = (run_dir, export_run(run_dir, root / "artifacts" / name))
@@ -267,6 +269,15 @@ def test_export_refuses_popularity_model(tmp_path: Path) -> None:
     vocab = ItemVocab.from_items([f"m{i}" for i in range(1, NUM_ITEMS)])
     run_dir = save_run(tmp_path / "pop", model, vocab, item_counts()).parent
     with pytest.raises(ValueError, match="popularity"):
+        export_run(run_dir, tmp_path / "art")
+    assert not (tmp_path / "art").exists()
+
+
+def test_export_refuses_sasrec_with_a_reason(tmp_path: Path) -> None:
+    config = ModelConfig(num_items=NUM_ITEMS, model="sasrec", embed_dim=8, hidden_dim=12, max_len=6)
+    vocab = ItemVocab.from_items([f"m{i}" for i in range(1, NUM_ITEMS)])
+    run_dir = save_run(tmp_path / "sasrec", build_model(config), vocab, item_counts()).parent
+    with pytest.raises(ValueError, match="sasrec is stateless .* no fixed-size state"):
         export_run(run_dir, tmp_path / "art")
     assert not (tmp_path / "art").exists()
 

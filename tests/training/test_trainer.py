@@ -16,7 +16,8 @@ from model.network import build_model
 from tests.training.toy_data import cyclic_dataset
 from training.batching import length_sorted_batches
 from training.settings import TrainSettings
-from training.trainer import count_parameters, train_epoch, train_model
+from training.trainer import (count_parameters, make_optimizer, train_epoch, train_model,
+                              training_windows)
 
 TINY = dict(embed_dim=8, hidden_dim=16, mem_width=8, attn_dim=8, block_len=10, slots=3)
 
@@ -40,7 +41,8 @@ def test_blockwise_batched_loss_equals_the_step_by_step_loss(model_name, rule) -
     change nothing: with a frozen model the epoch loss is the per-event loss of model.step."""
     torch.manual_seed(0)
     data = cyclic_dataset(users=11, items=15, min_len=3, max_len=34, seed=2)
-    model = build_model(ModelConfig(num_items=data.num_items, model=model_name, rule=rule, **TINY))
+    model = build_model(ModelConfig(num_items=data.num_items, model=model_name, rule=rule, dropout=0.0,
+                                        **TINY))
     frozen = torch.optim.SGD(model.parameters(), lr=0.0)
     sequences = training_sequences(data)
     lengths = np.array([len(s) for s in sequences])
@@ -144,3 +146,45 @@ def test_bad_settings_and_mismatched_config_are_rejected() -> None:
     with pytest.raises(ValueError, match="num_items"):
         train_model(data, ModelConfig(num_items=99, model="gru4rec"), TrainSettings(),
                     progress=False)
+
+
+def test_validation_every_k_steps_with_patience_counted_in_validations() -> None:
+    data = cyclic_dataset(users=24, items=15, min_len=3, max_len=20, seed=10)
+    config = ModelConfig(num_items=data.num_items, model="gru4rec", **TINY)
+    settings = TrainSettings(epochs=3, batch_size=8, eval_every=2, patience=0)
+    _, report = train_model(data, config, settings, progress=False)
+    steps_per_epoch = report.steps // 3
+    assert report.steps == 3 * steps_per_epoch > 0
+    mid = [h for h in report.history if not h["complete"]]
+    assert [h["step"] for h in mid] == list(range(2, report.steps + 1, 2))
+    assert len(report.history) == len(mid) + 3  # and one validation at the end of each epoch
+    assert set(report.seen_excluded) == {"valid", "test"}
+    # lr so small that nothing improves: patience 2 stops after the third validation, mid-epoch
+    _, stalled = train_model(data, config, TrainSettings(epochs=5, batch_size=8, lr=1e-9,
+                                                         eval_every=1, patience=2),
+                             progress=False)
+    assert stalled.stopped == "early_stopping" and stalled.steps == 3 and stalled.epochs == 1
+
+
+def test_adamw_decays_matrices_not_biases_and_adam_is_available() -> None:
+    model = build_model(ModelConfig(num_items=20, model="gru4rec", **TINY))
+    groups = make_optimizer(model, TrainSettings(weight_decay=0.1)).param_groups
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert all(p.dim() >= 2 for p in groups[0]["params"]) and all(p.dim() == 1 for p in groups[1]["params"])
+    assert isinstance(make_optimizer(model, TrainSettings(optimizer="adam")), torch.optim.Adam)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainSettings(optimizer="sgd")
+
+
+def test_sasrec_trains_on_the_last_max_len_events_and_beats_popularity() -> None:
+    data = cyclic_dataset(users=60, items=20, min_len=5, max_len=40, seed=11)
+    config = ModelConfig(num_items=data.num_items, model="sasrec", embed_dim=16, hidden_dim=32,
+                         max_len=8, heads=2, tied=True, dropout=0.1)
+    model = build_model(config)
+    assert [len(w) for w in training_windows(model, data)] == [
+        min(len(s), 9) for s in training_sequences(data)]
+    _, report = train_model(data, config, TrainSettings(epochs=6, batch_size=16, lr=1e-2),
+                            progress=False)
+    _, pop = train_model(data, ModelConfig(num_items=data.num_items, model="pop"), TrainSettings(),
+                         progress=False)
+    assert report.metrics["test"]["ndcg@10"] > pop.metrics["test"]["ndcg@10"] + 0.2
