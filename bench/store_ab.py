@@ -5,7 +5,9 @@ the same paper-size CmnRec (random weights, MovieLens-100k catalogue):
 - cache: the per-process state cache (service/state/cache.py) on or off;
 - check: what the compare-and-set compares the stored blob with: its header's crc32 + pos
   (GETRANGE, the default) or the SHA-1 of the whole blob (the check before issue 13; the script
-  still takes a 40-character digest, used here through a StateRepo whose CAS sends one).
+  still takes a 40-character digest, used here through a StateRepo whose CAS sends one);
+- packer: how redis-py turns commands into bytes: hiredis's C packer (service/state/connection.py,
+  the default) or redis-py's asyncio Python packer.
 Two shapes of work: "http" = StateStore.apply of one event at a time with n=10 (the HTTP path
 without HTTP), users taking turns; "stream" = apply_batch of 1,000 events with n=0, one event
 per user (the stream worker's users-take-turns order). The variants run in turn, block after
@@ -42,10 +44,11 @@ from bench.stream_worker import interleaved_events  # noqa: E402
 from service.state import lua  # noqa: E402
 from service.state.repo import CasWrite, StateRepo  # noqa: E402
 
-VARIANTS = {  # name: (state cache users, CAS blob check)
-    "cache+header": (4096, "header"),
-    "header": (0, "header"),
-    "sha1": (0, "sha1"),
+VARIANTS = {  # name: (state cache users, CAS blob check, command packer)
+    "cache+header": (4096, "header", "hiredis"),
+    "cache+header+pypack": (4096, "header", "python"),
+    "header": (0, "header", "hiredis"),
+    "sha1": (0, "sha1", "hiredis"),
 }
 
 
@@ -67,16 +70,20 @@ class Sha1Repo(StateRepo):
 
 async def measure(url: str, engine: Any, events: list[dict], args: argparse.Namespace
                   ) -> dict[str, Any]:
+    from redis.asyncio.connection import Connection
+
     from service.ops.settings import Settings
     from service.state.connection import open_redis
     from service.state.domain import Event
     from service.state.store import StateStore
 
     stores, clients = {}, []
-    for name, (cache, check) in VARIANTS.items():
+    for name, (cache, check, packer) in VARIANTS.items():
         settings = Settings(redis_url=url, key_prefix=f"ab-{abs(hash(name)) % 10**6}",
                             state_cache_users=cache)
         client = open_redis(url, settings)
+        if packer == "python":
+            client.connection_pool.connection_class = Connection
         clients.append(client)
         store = StateStore.from_settings(client, engine, settings)
         if check == "sha1":
@@ -155,8 +162,8 @@ def main() -> None:
             freeze_startup_heap()
         figures = asyncio.run(measure(server.url, engine, events, args))
     payload = {"benchmark": "store_ab", "date": now_utc(), "settings": vars(args) | {
-        "out": str(args.out)}, "variants": {k: {"cache_users": c, "check": v}
-                                            for k, (c, v) in VARIANTS.items()}, **figures}
+        "out": str(args.out)}, "variants": {k: {"cache_users": c, "check": v, "packer": p}
+                                            for k, (c, v, p) in VARIANTS.items()}, **figures}
     table = markdown_table(
         ["shape", "variant", "events", "store process CPU µs/event", "redis-server CPU µs/event"],
         [[r["shape"], r["variant"], r["events"], f"{r['client_cpu_us_per_event']:.0f}",
@@ -165,6 +172,8 @@ def main() -> None:
     markdown = (f"# State store A/B, in-process ({payload['date']})\n\n"
                 f"Paper-size CmnRec TSC, embedded Redis. http = `StateStore.apply` one event at a "
                 f"time, n=10; stream = `apply_batch` of 1,000 events, n=0, one event per user. "
+                f"Variants (state cache users, CAS check, command packer): "
+                f"{'; '.join(f'{k} = {c}, {v}, {p}' for k, (c, v, p) in VARIANTS.items())}. "
                 f"Variants interleaved, {args.rounds} rounds; start-up heap "
                 f"{'left to the GC' if args.no_freeze else 'frozen'}. 1-minute load average during the "
                 f"run: {figures['load_average_1m']} (2 cores).\n\n{table}\n")

@@ -293,6 +293,34 @@ async def test_open_redis_uses_a_bounded_pool(make_settings):
         await client.aclose()
 
 
+@pytest.mark.redis_modes("system")
+async def test_hiredis_packing_sends_the_bytes_of_redis_pys_packer(make_settings):
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import DataError
+
+    from service.state.connection import hiredis_packing
+
+    fast = hiredis_packing(Connection)()
+    plain = Connection()
+    commands = [("EVALSHA", "0" * 40, 2, b"k1", "k2", 7, -3, 1.5, 0.1, 1e-7, "é漢", b"\x00\xff"),
+                ("CONFIG GET", "maxmemory"), (b"CLIENT SETNAME", b"cmnrec"),
+                ("SET", b"k", memoryview(b"blob")), ("SET", "k", bytearray(b"blob"))]
+    for command in commands:
+        assert b"".join(fast.pack_command(*command)) == b"".join(plain.pack_command(*command))
+    assert b"".join(fast.pack_commands(commands)) == b"".join(plain.pack_commands(commands))
+    for bad in (True, None, object()):
+        with pytest.raises(DataError):
+            fast.pack_command("SET", "k", bad)
+    client = open_redis(make_settings().redis_url, make_settings())
+    try:
+        assert client.connection_pool.connection_class.__name__ == "HiredisConnection"
+        await client.set("cmnrec-test:pack", b"\x00\xff" * 5000)
+        assert await client.get("cmnrec-test:pack") == b"\x00\xff" * 5000
+        await client.delete("cmnrec-test:pack")
+    finally:
+        await client.aclose()
+
+
 async def test_batch_without_recommendations_steps_all_users_in_one_engine_call(
         make_settings, engine, redis_url, key_prefix):
     """n = 0 (the stream worker): one apply_sequences call, no output layer, the same states and
