@@ -210,7 +210,7 @@ from service.streams.publish import publish_events
                 time.sleep(0.01)
             seconds = time.perf_counter() - tic
             throughput = total / seconds
-            drained = worker_metrics(port)
+            drained = worker_metrics([port])
             steady = steady_lag(client, KeySchema(prefix), prefix, pairs, partitions,
                                 rate=throughput / 2, seconds=steady_seconds)
         finally:

@@ -8,7 +8,9 @@ XINFO GROUPS lag + pending sampled every 20 ms). Batch latency and size come fro
 /metrics. Writes bench/results/stream_worker.json and .md.
 
     .venv/bin/python bench/stream_worker.py [--events 20000] [--sizes tiny,small,paper]
-                                            [--orders time,interleaved]
+                                            [--orders time,interleaved] [--workers 1]
+    .venv/bin/python bench/stream_worker.py --sizes paper --partitions 8 --workers 2 \
+        --out bench/results/stream_worker_2workers.json   # two processes share the partitions
 """
 from __future__ import annotations
 
@@ -114,11 +116,11 @@ def redis_cpu_seconds(client: redis.Redis) -> float:
 
 
 def start_worker(artifact: Path, url: str, prefix: str, partitions: int, batch_size: int,
-                 port: int) -> subprocess.Popen:
+                 port: int, consumer: str = "bench") -> subprocess.Popen:
     env = {**os.environ, "REDIS_URL": url, "CMNREC_KEY_PREFIX": prefix}
     command = [str(Path(sys.executable).parent / "cmnrec"), "worker", "--artifact", str(artifact),
                "--partitions", str(partitions), "--batch-size", str(batch_size),
-               "--metrics-port", str(port), "--consumer", "bench"]
+               "--metrics-port", str(port), "--consumer", consumer]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -137,48 +139,83 @@ def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return lower
 
 
-def worker_metrics(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == "cmnrec_worker_batch_latency_seconds":
-            buckets = sorted((float(s.labels["le"]), s.value) for s in family.samples
-                             if s.name.endswith("_bucket"))
-            out["batch_latency_p50_ms"] = histogram_quantile(buckets, 0.5) * 1000
-            out["batch_latency_p99_ms"] = histogram_quantile(buckets, 0.99) * 1000
-        if family.name == "cmnrec_worker_batch_size_entries":
-            values = {s.name: s.value for s in family.samples}
-            count = values.get("cmnrec_worker_batch_size_entries_count", 0)
-            out["batches"] = count
-            out["mean_batch_entries"] = values.get("cmnrec_worker_batch_size_entries_sum", 0) / max(count, 1)
+def worker_metrics(ports: list[int]) -> dict[str, float]:
+    """Batch latency quantiles and mean batch size over the workers' /metrics (buckets summed)."""
+    buckets: dict[float, float] = {}
+    count = total = 0.0
+    for port in ports:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            if family.name == "cmnrec_worker_batch_latency_seconds":
+                for sample in family.samples:
+                    if sample.name.endswith("_bucket"):
+                        le = float(sample.labels["le"])
+                        buckets[le] = buckets.get(le, 0.0) + sample.value
+            if family.name == "cmnrec_worker_batch_size_entries":
+                values = {sample.name: sample.value for sample in family.samples}
+                count += values.get("cmnrec_worker_batch_size_entries_count", 0)
+                total += values.get("cmnrec_worker_batch_size_entries_sum", 0)
+    cumulative = sorted(buckets.items())
+    out: dict[str, float] = {"batches": count, "mean_batch_entries": total / max(count, 1)}
+    if cumulative:
+        out["batch_latency_p50_ms"] = histogram_quantile(cumulative, 0.5) * 1000
+        out["batch_latency_p99_ms"] = histogram_quantile(cumulative, 0.99) * 1000
     return out
 
 
+def wait_for_balanced_leases(client: redis.Redis, keys: KeySchema, partitions: int,
+                             workers: list[subprocess.Popen], timeout: float = 60.0) -> None:
+    """Block until every partition's lease is held and each worker holds its share."""
+    share = -(-partitions // len(workers))  # ceil(P / N), what each worker aims at
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for worker in workers:
+            if worker.poll() is not None:
+                raise RuntimeError(worker.stderr.read().decode())
+        owners = [client.get(keys.lease(p)) for p in range(partitions)]
+        held = [o for o in owners if o is not None]
+        per_worker = [held.count(o) for o in set(held)]
+        if len(held) == partitions and len(per_worker) == len(workers) and max(per_worker) <= share:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"leases not balanced over {len(workers)} workers in {timeout:.0f} s")
+
+
 def measure(size: str, order: str, artifact: Path, url: str, events: list[dict], partitions: int,
-            batch_size: int, steady_seconds: float) -> dict[str, Any]:
+            batch_size: int, steady_seconds: float, num_workers: int = 1) -> dict[str, Any]:
+    """One worker: the backlog is published first and timed from the worker's first commit.
+    Several: the workers start on empty partitions, share the leases, and the time runs from the
+    start of publishing (which it then includes) until the backlog is drained."""
     load_before = os.getloadavg()[0]  # other people share the 2 cores: note how busy they were
     client = redis.Redis.from_url(url)
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     keys = KeySchema(prefix)
-    publish_events(client, events, partitions=partitions, prefix=prefix)
-    port = free_port()
-    worker = start_worker(artifact, url, prefix, partitions, batch_size, port)
+    total = len(events)
+    if num_workers == 1:
+        publish_events(client, events, partitions=partitions, prefix=prefix)
+    ports = [free_port() for _ in range(num_workers)]
+    workers = [start_worker(artifact, url, prefix, partitions, batch_size, port, f"bench-{i}")
+               for i, port in enumerate(ports)]
     try:
-        total = len(events)
-        while backlog(client, keys, partitions) in (0, total):  # groups not made yet, or untouched
-            if worker.poll() is not None:
-                raise RuntimeError(worker.stderr.read().decode())
-            time.sleep(0.005)
+        if num_workers == 1:
+            while backlog(client, keys, partitions) in (0, total):  # no groups yet, or untouched
+                if workers[0].poll() is not None:
+                    raise RuntimeError(workers[0].stderr.read().decode())
+                time.sleep(0.005)
+        else:
+            wait_for_balanced_leases(client, keys, partitions, workers)
         started = time.perf_counter()
-        cpu_started = process_cpu_seconds(worker.pid), redis_cpu_seconds(client)
+        cpu_started = ([process_cpu_seconds(w.pid) for w in workers], redis_cpu_seconds(client))
+        if num_workers > 1:
+            publish_events(client, events, partitions=partitions, prefix=prefix)
         while backlog(client, keys, partitions) > 0:
             time.sleep(0.01)
         seconds = time.perf_counter() - started
-        worker_cpu = process_cpu_seconds(worker.pid) - cpu_started[0]
+        worker_cpu = sum(process_cpu_seconds(w.pid) - c for w, c in zip(workers, cpu_started[0]))
         redis_cpu = redis_cpu_seconds(client) - cpu_started[1]
         load_after = os.getloadavg()[0]
         throughput = total / seconds
-        figures = worker_metrics(port)
+        figures = worker_metrics(ports)
 
         # steady state at half the throughput: fresh event ids, same users and items
         rate = throughput / 2
@@ -195,6 +232,7 @@ def measure(size: str, order: str, artifact: Path, url: str, events: list[dict],
         mean_backlog = float(np.mean(samples)) if samples else float("nan")
         return {
             "size": size, "order": order, "dims": SIZES[size], "events": total, "partitions": partitions,
+            "workers": num_workers,
             "batch_size": batch_size, "seconds": round(seconds, 3),
             "events_per_second": round(throughput, 1),
             "load_average_1m_before_after": [round(load_before, 2), round(load_after, 2)],
@@ -210,14 +248,16 @@ def measure(size: str, order: str, artifact: Path, url: str, events: list[dict],
             "steady_mean_lag_ms": round(mean_backlog / rate * 1000, 2),
         }
     finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in workers:
             try:
                 worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
-        worker.stderr.close()
+            worker.stderr.close()
         for key in client.scan_iter(match=f"{prefix}:*", count=1000):
             client.delete(key)
         client.close()
@@ -232,12 +272,16 @@ def main() -> None:
     parser.add_argument("--orders", default="time,interleaved",
                         help="event orders: time (MovieLens time order), interleaved (users take turns)")
     parser.add_argument("--steady-seconds", type=float, default=5.0)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes sharing the partitions (use --partitions >= workers)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "stream_worker.json")
     args = parser.parse_args()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         parser.error(f"--sizes: unknown {unknown}; known: {list(SIZES)}")
+    if not 1 <= args.workers <= args.partitions:
+        parser.error(f"--workers: expected 1 to --partitions ({args.partitions}), got {args.workers}")
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     if not set(orders) <= {"time", "interleaved"}:
         parser.error(f"--orders: expected time and/or interleaved, got {args.orders!r}")
@@ -250,7 +294,7 @@ def main() -> None:
             artifact = export_model(Path(scratch), size, dataset)
             for order in orders:
                 row = measure(size, order, artifact, server.url, streams[order], args.partitions,
-                              args.batch_size, args.steady_seconds)
+                              args.batch_size, args.steady_seconds, args.workers)
                 print(row, flush=True)
                 rows.append(row)
     payload = {"benchmark": "stream_worker", "date": now_utc(), "machine": machine_info(),
@@ -265,7 +309,8 @@ def main() -> None:
           f'{r["steady_mean_lag_ms"]:.1f}', f'{r["worker_cpu_us_per_event"]:.0f}',
           f'{r["redis_cpu_us_per_event"]:.0f}',
           "{:.2f}/{:.2f}".format(*r["load_average_1m_before_after"])] for r in rows])
-    markdown = (f"# One stream worker, embedded Redis ({payload['date']})\n\n"
+    title = "One stream worker" if args.workers == 1 else f"{args.workers} stream workers"
+    markdown = (f"# {title}, embedded Redis ({payload['date']})\n\n"
                 f"CmnRec TSC M=4 T=50, random weights, I={dataset.num_items}; {args.partitions} "
                 f"partitions, batch {args.batch_size}; the first {args.events} MovieLens-100k events in "
                 f"time order (few users per batch, each with many events), or interleaved (users "
