@@ -9,8 +9,8 @@ XINFO GROUPS lag + pending sampled every 20 ms). Batch latency and size come fro
 
     .venv/bin/python bench/stream_worker.py [--events 20000] [--sizes tiny,small,paper]
                                             [--orders time,interleaved] [--workers 1]
-    .venv/bin/python bench/stream_worker.py --sizes paper --partitions 8 --workers 2 \
-        --out bench/results/stream_worker_2workers.json   # two processes share the partitions
+    .venv/bin/python bench/stream_worker.py --sizes paper --partitions 12 --workers 4 \
+        --events 60000 --out bench/results/stream_worker_w4.json   # processes share the partitions
 """
 from __future__ import annotations
 
