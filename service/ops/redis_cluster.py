@@ -29,7 +29,8 @@ from types import TracebackType
 
 import redis
 
-from service.ops.redis_server import RedisServerFailed, _die_with_parent, find_redis_server
+from service.ops.redis_server import (RedisServerFailed, RedisServerNotFound, _die_with_parent,
+                                      find_redis_server)
 
 MASTERS = 3
 REPLICAS_PER_MASTER = 1
@@ -43,7 +44,7 @@ def find_redis_cli(server: Path) -> Path:
     found = shutil.which("redis-cli")
     if found:
         return Path(found)
-    raise RedisServerFailed(f"no redis-cli next to {server} nor on PATH (it creates the cluster)")
+    raise RedisServerNotFound(f"no redis-cli next to {server} nor on PATH (it creates the cluster)")
 
 
 def _bindable(port: int) -> bool:

@@ -359,7 +359,7 @@ def test_named_local_dataset_needs_the_data_dir(tmp_path, monkeypatch):
     assert data.name == "beauty" and [s.tolist() for s in data.sequences] == [[1, 2, 3], [2]]
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "ml-1m" / "ml-1m.csv.gz").is_file(), reason="no ../shared/data")
+@pytest.mark.skipif(not (SHARED_DATA / "ml-1m" / "ml-1m.csv.gz").is_file(), reason="no ../shared/data/ml-1m/ml-1m.csv.gz beside the checkout")
 def test_ml1m_from_the_shared_copy_matches_its_readme(monkeypatch):
     monkeypatch.setenv("CMNREC_DATA_DIR", str(SHARED_DATA))
     data = load_dataset("ml-1m")
