@@ -47,7 +47,8 @@ _OPTION_OF_FIELD = {
     "max_seconds": "--max-seconds", "eval_batch_size": "--eval-batch-size", "seed": "--seed",
     "device": "--device", "precision": "--precision", "compile": "--compile", "nproc": "--nproc",
     "tied": "--tied", "max_len": "--max-len", "heads": "--heads",
-    "optimizer": "--optimizer", "eval_every": "--eval-every",
+    "optimizer": "--optimizer", "eval_every": "--eval-every", "lr_schedule": "--lr-schedule",
+    "warmup_steps": "--warmup-steps",
 }
 
 
@@ -118,7 +119,11 @@ def train(
     heads: int = typer.Option(_MODEL["heads"], help="sasrec: attention heads"),
     epochs: int = typer.Option(_TRAIN["epochs"], help="maximum number of epochs"),
     batch_size: int = typer.Option(_TRAIN["batch_size"], help="users per batch (one optimizer step per block)"),
-    lr: float = typer.Option(_TRAIN["lr"], help="learning rate"),
+    lr: float = typer.Option(_TRAIN["lr"], help="learning rate (the peak when --lr-schedule decays it)"),
+    lr_schedule: str = typer.Option(_TRAIN["lr_schedule"], help="constant, cosine or linear: decay "
+                                    "to 0 over --epochs or --max-seconds, whichever ends first"),
+    warmup_steps: int = typer.Option(_TRAIN["warmup_steps"], help="optimizer steps of linear "
+                                     "warm-up to --lr"),
     weight_decay: float = typer.Option(_TRAIN["weight_decay"], help="weight decay (AdamW) or L2 penalty (Adam)"),
     optimizer: str = typer.Option(_TRAIN["optimizer"], help="adamw or adam"),
     patience: int = typer.Option(_TRAIN["patience"], help="validations without a better validation NDCG@10 "
@@ -155,6 +160,7 @@ def train(
                                  param_hint="--nproc")
     try:
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr,
+                                 lr_schedule=lr_schedule, warmup_steps=warmup_steps,
                                  weight_decay=weight_decay, optimizer=optimizer,
                                  eval_every=eval_every, seed=seed, patience=patience,
                                  clip_norm=clip_norm, threads=threads, max_seconds=max_seconds,

@@ -15,6 +15,7 @@ def valid_device(spec: str) -> bool:
 
 
 OPTIMIZERS = ("adamw", "adam")
+LR_SCHEDULES = ("constant", "cosine", "linear")  # decay over the horizon (training/lr_schedule.py)
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,9 @@ class TrainSettings:
 
     epochs: int = 60  # passes over every user's training history
     batch_size: int = 16  # users per batch (one optimizer step per block of T events of a batch)
-    lr: float = 1e-3  # learning rate
+    lr: float = 1e-3  # learning rate (the peak, when lr_schedule decays it)
+    lr_schedule: str = "constant"  # constant | cosine | linear decay to 0 over epochs or max_seconds
+    warmup_steps: int = 0  # optimizer steps of linear warm-up from lr / warmup_steps to lr
     weight_decay: float = 0.01  # AdamW: decoupled weight decay; Adam: L2 penalty
     optimizer: str = "adamw"  # adamw | adam
     seed: int = 0  # seeds weight init, dropout and batch order
@@ -43,6 +46,7 @@ class TrainSettings:
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
             "weight_decay": self.weight_decay >= 0, "patience": self.patience >= 0,
             "optimizer": self.optimizer in OPTIMIZERS, "eval_every": self.eval_every >= 0,
+            "lr_schedule": self.lr_schedule in LR_SCHEDULES, "warmup_steps": self.warmup_steps >= 0,
             "clip_norm": self.clip_norm >= 0, "eval_batch_size": self.eval_batch_size >= 1,
             "threads": self.threads is None or self.threads >= 1,
             "max_seconds": self.max_seconds is None or self.max_seconds > 0,

@@ -28,6 +28,7 @@ from training import distributed
 from training.device import (autocast, compile_steps, eager_steps, resolve_device, to_device,
                              uncompile)
 from training.evaluation import evaluate_protocols
+from training.lr_schedule import LearningRate
 from training.settings import TrainSettings
 
 EARLY_STOPPING_METRIC = "ndcg@10"  # on the validation targets
@@ -255,6 +256,13 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
     if trainable.size == 0:
         raise ValueError("dataset: no user has two training events to learn from")
     targets_per_epoch = int((lengths[trainable] - 1).sum())
+    # one optimizer step per block of every batch: the schedule's horizon in steps
+    steps_per_epoch = sum(-(-(int(lengths[trainable][rows].max()) - 1) // model.block_size)
+                          for rows in length_sorted_batches(lengths[trainable],
+                                                            settings.batch_size * cluster.world))
+    rate = LearningRate(optimizer, settings, total_steps=steps_per_epoch * settings.epochs,
+                        began=began, use_clock=cluster.world == 1)
+    rate.update(0)
 
     selection = _Selection(model, dataset, settings, progress)
     stopped, epoch_seconds, steps, epoch = "completed", [], 0, 0
@@ -271,8 +279,9 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
     def on_step() -> bool:
         nonlocal steps, patience_out
         steps += 1
+        rate.update(steps)  # the rate of the next step
         if settings.eval_every and steps % settings.eval_every == 0:
-            patience_out = validate({"complete": False})
+            patience_out = validate({"complete": False, "lr": settings.lr * rate.last_factor})
         return patience_out
 
     for epoch in range(1, settings.epochs + 1):
@@ -288,6 +297,7 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
         if not cut_short or not epoch_seconds:  # a cut-short epoch is no epoch's timing
             epoch_seconds.append(seconds)
         record = {"loss": loss, "seconds": seconds, "events": seen,
+                  "lr": settings.lr * rate.last_factor,
                   "events_per_second": seen / max(seconds, 1e-9), "complete": not cut_short}
         if not patience_out:
             patience_out = validate(record)

@@ -117,6 +117,8 @@ def test_bad_run_options_name_the_option(trained_run, args, option) -> None:
     (["--min-item-freq", "0"], "--min-item-freq"),
     (["--optimizer", "sgd"], "--optimizer"),
     (["--eval-every", "-1"], "--eval-every"),
+    (["--lr-schedule", "step"], "--lr-schedule"),
+    (["--warmup-steps", "-1"], "--warmup-steps"),
     (["--tied", "--out-dim", "4"], "--tied"),
     (["--model", "sasrec", "--heads", "3", "--embed-dim", "8"], "--heads"),
     (["--model", "sasrec", "--max-len", "0"], "--max-len"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from model.config import ModelConfig
 from model.network import build_model
 from tests.training.toy_data import cyclic_dataset
 from training.batching import length_sorted_batches
+from training.lr_schedule import LearningRate, decay_factor, warmup_factor
 from training.settings import TrainSettings
 from training.trainer import (count_parameters, make_optimizer, train_epoch, train_model,
                               training_windows)
@@ -188,3 +190,45 @@ def test_sasrec_trains_on_the_last_max_len_events_and_beats_popularity() -> None
     _, pop = train_model(data, ModelConfig(num_items=data.num_items, model="pop"), TrainSettings(),
                          progress=False)
     assert report.metrics["test"]["ndcg@10"] > pop.metrics["test"]["ndcg@10"] + 0.2
+
+
+def test_schedule_factors_by_hand() -> None:
+    assert decay_factor("constant", 0.7) == 1.0
+    assert decay_factor("linear", 0.25) == pytest.approx(0.75)
+    assert [decay_factor("cosine", p) for p in (0.0, 0.5, 1.0, 1.5)] == pytest.approx(
+        [1.0, 0.5, 0.0, 0.0])
+    assert [warmup_factor(s, 4) for s in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1])
+    assert warmup_factor(0, 0) == 1.0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainSettings(lr_schedule="step")
+    with pytest.raises(ValueError, match="warmup_steps"):
+        TrainSettings(warmup_steps=-1)
+
+
+def test_the_rate_decays_to_zero_at_the_last_step_of_the_last_epoch() -> None:
+    data = cyclic_dataset(users=24, items=15, min_len=3, max_len=40, seed=12)
+    config = ModelConfig(num_items=data.num_items, model="gru4rec", **TINY)
+    settings = TrainSettings(epochs=3, batch_size=8, lr=1e-2, eval_every=1, patience=0,
+                             lr_schedule="linear", warmup_steps=2)
+    _, report = train_model(data, config, settings, progress=False)
+    rates = [h["lr"] for h in report.history if not h["complete"]]  # the next step's rate
+    assert len(rates) == report.steps > 6
+    # step 1 ran at lr / 2 (warm-up), then linear decay; the horizon is exactly the steps taken
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(rates[1:], rates[2:]))
+    assert rates[1] == pytest.approx(1e-2 * (1 - 2 / report.steps))
+    _, constant = train_model(data, config, dataclasses.replace(settings, lr_schedule="constant",
+                                                                warmup_steps=0), progress=False)
+    assert {h["lr"] for h in constant.history} == {1e-2}
+
+
+def test_a_time_budget_sets_the_horizon_when_it_ends_first() -> None:
+    model = build_model(ModelConfig(num_items=20, model="gru4rec", **TINY))
+    settings = TrainSettings(lr=1.0, lr_schedule="cosine", max_seconds=100.0)
+    optimizer = make_optimizer(model, settings)
+    rate = LearningRate(optimizer, settings, total_steps=10**9, began=time.perf_counter() - 50.0)
+    assert rate.update(1) == pytest.approx(0.5, abs=1e-3)  # half the budget spent
+    assert all(g["lr"] == pytest.approx(0.5, abs=1e-3) for g in optimizer.param_groups)
+    steps_only = LearningRate(optimizer, settings, total_steps=4, began=time.perf_counter(),
+                              use_clock=False)
+    assert steps_only.update(2) == pytest.approx(0.5)  # under DDP: the step fraction only
