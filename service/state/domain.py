@@ -6,6 +6,7 @@ accepts.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,10 @@ class InvalidEvent(ValueError):
 # `/v1/users/{user_id}/...` ambiguous (DELETE /v1/users/x/recommendations: user "x/recommendations"
 # or the recommendations of "x"?), and ASGI servers decode %2F before routing.
 FORBIDDEN_ID_CHARACTERS = frozenset("{}/")
+# Any character an id may not hold: those three, control characters (C0, DEL, C1) and surrogate
+# code points. One regular-expression search in C instead of a Python loop over the characters
+# (three ids per event on the stream worker's hot path).
+_BAD_ID_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff{}/]")
 
 
 def validate_id(value: Any, field: str, max_length: int | None = None) -> str:
@@ -51,18 +56,12 @@ def validate_id(value: Any, field: str, max_length: int | None = None) -> str:
     if max_length is not None and len(value) > max_length:
         raise InvalidEvent("id_too_long", field,
                            f"{len(value)} characters, at most {max_length} allowed")
-    for position, char in enumerate(value):
-        if char in FORBIDDEN_ID_CHARACTERS or not _printable(char):
-            raise InvalidEvent("invalid_id", field,
-                               f"character {char!r} at position {position} is not allowed in an id"
-                               " (no control characters, lone surrogates, '{', '}' or '/')")
+    bad = _BAD_ID_CHARACTER.search(value)
+    if bad is not None:
+        raise InvalidEvent("invalid_id", field,
+                           f"character {bad.group()!r} at position {bad.start()} is not allowed in"
+                           " an id (no control characters, lone surrogates, '{', '}' or '/')")
     return value
-
-
-def _printable(char: str) -> bool:
-    """Not a control character (C0, DEL, C1) and not a surrogate code point."""
-    code = ord(char)
-    return not (code < 0x20 or 0x7F <= code < 0xA0 or 0xD800 <= code < 0xE000)
 
 
 @dataclass(frozen=True)
