@@ -68,6 +68,10 @@ class Settings(BaseSettings):
                           "that user's requests only); off = one apply each")
     coalesce_max_batch: int = Field(64, ge=1, le=100_000,
                                     description="most events in one coalesced apply")
+    fast_events_path: bool = Field(
+        True, description="serve valid POST /v1/events without FastAPI's routing and parsing "
+                          "(service/http/fast_events.py; the same answers, anything else goes to "
+                          "the FastAPI route)")
 
     # process
     host: str = "127.0.0.1"
@@ -84,7 +88,11 @@ class Settings(BaseSettings):
                                    description="P event streams; producers and workers must agree")
     stream_group: str = Field("cmnrec-workers", min_length=1, max_length=64,
                               description="consumer group of the stream workers")
-    stream_batch_size: int = Field(1024, ge=1, le=100_000, description="entries per worker batch")
+    stream_batch_size: int = Field(
+        4096, ge=1, le=100_000,
+        description="most entries per worker batch: larger batches step more users per "
+                    "onnxruntime call under a backlog (bench/results/stream_worker_sweep.md); "
+                    "a batch waits for nothing, so at low rates batches stay small")
     stream_block_ms: int = Field(200, ge=0, le=60_000,
                                  description="how long an idle worker waits for new entries")
     stream_claim_min_idle_ms: int = Field(

@@ -20,12 +20,13 @@ from service.http.api.deps import (
     StoreDep,
     check_id,
 )
-from service.http.coalescer import CoalescerClosed
+from service.http.coalescer import CoalescerClosed, EventCoalescer
 from service.http.errors import ERROR_RESPONSES, ApiError
 from service.http.schemas import BatchIn, BatchOut, EventIn, EventOut
 from service.ops.labels import ErrorCode, Route
 from service.ops.settings import Settings
 from service.state.domain import ApplyResult, Event, UnknownItemError
+from service.state.store import StateStore
 
 router = APIRouter(tags=["events"])
 
@@ -93,26 +94,46 @@ async def post_event(body: EventIn, params: RecommendationParamsDep, store: Stor
     next items after it. Concurrent requests are applied together in one batch (settings.coalesce);
     `latency_ms.queue` is the wait for that batch, the stage figures are the batch's."""
     started = time.perf_counter()
-    check_answer_size(params.n, 1, settings)
+    event = checked_event(body, params.n, store, coalescer, settings)
+    return JsonBytes(await apply_event(request.app.state, event, params.n, params.exclude_seen,
+                                       started))
+
+
+def checked_event(body: EventIn, n: int, store: StateStore, coalescer: EventCoalescer | None,
+                  settings: Settings) -> Event:
+    """The checks of POST /v1/events that come before anything is applied (ApiError)."""
+    check_answer_size(n, 1, settings)
     event = to_event(body, settings)
+    if coalescer is not None and event.item_id not in store.engine.vocab:
+        raise unknown_item(event.item_id)  # checked here so that it fails no other request
+    return event
+
+
+async def apply_event(state: Any, event: Event, n: int, exclude_seen: bool,
+                      started: float) -> bytes:
+    """Apply one checked event with the app's current store or coalescer (`state`: app.state)
+    and answer the EventOut body as JSON bytes. Raises the store's errors (StateConflictError,
+    StateStoreUnavailable, UserStateCorrupt) and ApiError; the app's error handlers answer them.
+    Shared by the FastAPI route and the fast path (service/http/fast_events.py)."""
+    store, coalescer = state.store, state.coalescer
+    if store is None:
+        raise ApiError(ErrorCode.NOT_READY, "the service is starting or stopping")
     if coalescer is None:
         try:
-            result = await store.apply(event, n=params.n, exclude_seen=params.exclude_seen)
+            result = await store.apply(event, n=n, exclude_seen=exclude_seen)
         except UnknownItemError as err:
             raise unknown_item(err.item_id) from None
-        return JsonBytes(orjson.dumps(event_out(
-            result, latency_ms(result.timings, time.perf_counter() - started))))
-    if event.item_id not in store.engine.vocab:  # checked here so that it fails no other request
-        raise unknown_item(event.item_id)
+        return orjson.dumps(event_out(result, latency_ms(result.timings,
+                                                         time.perf_counter() - started)))
     try:
-        outcome = await coalescer.submit(event, n=params.n, exclude_seen=params.exclude_seen)
+        outcome = await coalescer.submit(event, n=n, exclude_seen=exclude_seen)
     except CoalescerClosed:
-        current = request.app.state.coalescer  # a model reload replaced the coalescer meanwhile
+        current = state.coalescer  # a model reload replaced the coalescer meanwhile
         if current is None or current is coalescer:
             raise ApiError(ErrorCode.NOT_READY, "the service is starting or stopping") from None
-        outcome = await current.submit(event, n=params.n, exclude_seen=params.exclude_seen)
-    return JsonBytes(orjson.dumps(event_out(outcome.result, latency_ms(
-        outcome.result.timings, time.perf_counter() - started, outcome.queue_seconds))))
+        outcome = await current.submit(event, n=n, exclude_seen=exclude_seen)
+    return orjson.dumps(event_out(outcome.result, latency_ms(
+        outcome.result.timings, time.perf_counter() - started, outcome.queue_seconds)))
 
 
 def unknown_item(item_id: str) -> ApiError:
