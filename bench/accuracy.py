@@ -60,6 +60,8 @@ class Recipe:
     epochs: int
     patience: int  # validations
     eval_every: int  # optimizer steps between validations; 0 = per epoch
+    lr_schedule: str = "constant"  # TrainSettings.lr_schedule: decay over epochs or the budget
+    warmup_steps: int = 0
 
 
 RECIPES = {
@@ -325,6 +327,8 @@ def main(
         for variant, seed in todo:
             settings = TrainSettings(epochs=recipe.epochs, batch_size=recipe.batch_size,
                                      lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                     lr_schedule=recipe.lr_schedule,
+                                     warmup_steps=recipe.warmup_steps,
                                      patience=recipe.patience, eval_every=recipe.eval_every,
                                      seed=seed, threads=threads, max_seconds=max_seconds)
             typer.echo(f"{now_utc()} {dataset} {variant.name} seed {seed} ...", err=True)

@@ -11,6 +11,13 @@ XINFO GROUPS lag + pending sampled every 20 ms). Batch latency and size come fro
                                             [--orders time,interleaved] [--workers 1]
     .venv/bin/python bench/stream_worker.py --sizes paper --partitions 12 --workers 4 \
         --events 60000 --out bench/results/stream_worker_w4.json   # processes share the partitions
+    .venv/bin/python bench/stream_worker.py --sizes paper --partitions 12 --events 100000 \
+        --batch-sizes 1024,4096 --workers 1,2 --rounds 3 --out bench/results/stream_worker_sweep.json
+
+With several batch sizes, worker counts or rounds, every combination runs once per round, in turn
+(so a change of the machine's speed hits each alike), and a second table gives the median and
+range over the rounds. On this shared 2-core machine the same configuration's events/s moves by
++-25% from one run to the next: rank configurations on the medians only.
 """
 from __future__ import annotations
 
@@ -39,9 +46,11 @@ from bench.common import (  # noqa: E402
     machine_info,
     markdown_table,
     now_utc,
+    parse_ints,
     save_results,
 )
 from service.ops.redis_server import EmbeddedRedis, free_port  # noqa: E402
+from service.ops.settings import Settings  # noqa: E402
 from service.state.keys import KeySchema
 from service.streams.publish import publish_events  # noqa: E402
 from service.streams.replay import dataset_events  # noqa: E402
@@ -95,10 +104,17 @@ def interleaved_events(dataset: Any, limit: int) -> list[dict]:
 
 
 def backlog(client: redis.Redis, keys: KeySchema, partitions: int) -> int:
-    """Entries not yet delivered + delivered but not acknowledged, over all partitions."""
+    """Entries not yet delivered + delivered but not acknowledged, over all partitions (one round
+    trip: this is polled every 10 ms while the worker runs on the same 2 cores)."""
+    with client.pipeline(transaction=False) as pipe:
+        for p in range(partitions):
+            pipe.xinfo_groups(keys.stream(p))
+        replies = pipe.execute(raise_on_error=False)
     total = 0
-    for p in range(partitions):
-        for group in client.xinfo_groups(keys.stream(p)) if client.exists(keys.stream(p)) else []:
+    for groups in replies:
+        if isinstance(groups, Exception):  # the stream does not exist yet
+            continue
+        for group in groups:
             if group["name"].decode() == GROUP:
                 total += int(group["lag"] or 0) + int(group["pending"])
     return total
@@ -268,20 +284,31 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--sizes", default="tiny,small,paper")
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--batch-sizes", "--batch-size", dest="batch_sizes", default=None,
+                        help="entries per worker batch, comma-separated (default: the Settings')")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every configuration, in turn")
     parser.add_argument("--orders", default="time,interleaved",
                         help="event orders: time (MovieLens time order), interleaved (users take turns)")
     parser.add_argument("--steady-seconds", type=float, default=5.0)
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes sharing the partitions (use --partitions >= workers)")
+    parser.add_argument("--workers", default="1",
+                        help="worker processes sharing the partitions, comma-separated (each <= "
+                             "--partitions)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "stream_worker.json")
     args = parser.parse_args()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         parser.error(f"--sizes: unknown {unknown}; known: {list(SIZES)}")
-    if not 1 <= args.workers <= args.partitions:
+    try:
+        worker_counts = parse_ints(args.workers)
+        batch_sizes = (parse_ints(args.batch_sizes) if args.batch_sizes
+                       else [Settings.model_fields["stream_batch_size"].default])
+    except ValueError as error:
+        parser.error(f"--workers/--batch-sizes: {error}")
+    if not all(1 <= w <= args.partitions for w in worker_counts):
         parser.error(f"--workers: expected 1 to --partitions ({args.partitions}), got {args.workers}")
+    if min(batch_sizes) < 1 or args.rounds < 1:
+        parser.error("--batch-sizes and --rounds must be >= 1")
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     if not set(orders) <= {"time", "interleaved"}:
         parser.error(f"--orders: expected time and/or interleaved, got {args.orders!r}")
@@ -290,35 +317,73 @@ def main() -> None:
                "interleaved": interleaved_events(dataset, args.events)}
     rows = []
     with tempfile.TemporaryDirectory(prefix="cmnrec-bench-") as scratch, EmbeddedRedis() as server:
-        for size in sizes:
-            artifact = export_model(Path(scratch), size, dataset)
-            for order in orders:
-                row = measure(size, order, artifact, server.url, streams[order], args.partitions,
-                              args.batch_size, args.steady_seconds, args.workers)
-                print(row, flush=True)
-                rows.append(row)
+        artifacts = {size: export_model(Path(scratch), size, dataset) for size in sizes}
+        for round_index in range(args.rounds):
+            for size in sizes:
+                for batch_size in batch_sizes:
+                    for workers in worker_counts:
+                        for order in orders:
+                            row = measure(size, order, artifacts[size], server.url, streams[order],
+                                          args.partitions, batch_size, args.steady_seconds, workers)
+                            row["round"] = round_index
+                            print(row, flush=True)
+                            rows.append(row)
     payload = {"benchmark": "stream_worker", "date": now_utc(), "machine": machine_info(),
                "dataset": "ml-100k", "orders": orders, "model": "cmnrec tsc M=4 T=50",
-               "num_items": dataset.num_items, "results": rows}
+               "num_items": dataset.num_items, "rounds": args.rounds, "results": rows,
+               "summary": summarise(rows)}
     table = markdown_table(
-        ["size", "k/H/W", "order", "events", "events/s", "batch p50 ms", "batch p99 ms", "mean batch",
-         "lag at half rate (ms)", "worker CPU µs/event", "Redis CPU µs/event", "load 1m before/after"],
+        ["size", "k/H/W", "order", "workers", "batch", "round", "events", "events/s", "batch p50 ms",
+         "batch p99 ms", "mean batch", "lag at half rate (ms)", "worker CPU µs/event",
+         "Redis CPU µs/event", "load 1m before/after"],
         [[r["size"], f'{r["dims"]["embed_dim"]}/{r["dims"]["hidden_dim"]}/{r["dims"]["mem_width"]}',
-          r["order"], r["events"], f'{r["events_per_second"]:.0f}', f'{r["batch_latency_p50_ms"]:.1f}',
+          r["order"], r["workers"], r["batch_size"], r["round"], r["events"],
+          f'{r["events_per_second"]:.0f}', f'{r["batch_latency_p50_ms"]:.1f}',
           f'{r["batch_latency_p99_ms"]:.1f}', f'{r["mean_batch_entries"]:.0f}',
           f'{r["steady_mean_lag_ms"]:.1f}', f'{r["worker_cpu_us_per_event"]:.0f}',
           f'{r["redis_cpu_us_per_event"]:.0f}',
           "{:.2f}/{:.2f}".format(*r["load_average_1m_before_after"])] for r in rows])
-    title = "One stream worker" if args.workers == 1 else f"{args.workers} stream workers"
+    summary = markdown_table(
+        ["size", "order", "workers", "batch", "runs", "events/s median", "events/s min-max",
+         "worker CPU µs/event median", "Redis CPU µs/event median"],
+        [[s["size"], s["order"], s["workers"], s["batch_size"], s["runs"],
+          f'{s["events_per_second_median"]:.0f}',
+          f'{s["events_per_second_min"]:.0f}-{s["events_per_second_max"]:.0f}',
+          f'{s["worker_cpu_us_per_event_median"]:.0f}', f'{s["redis_cpu_us_per_event_median"]:.0f}']
+         for s in payload["summary"]])
+    title = ("One stream worker" if worker_counts == [1]
+             else f"{', '.join(map(str, worker_counts))} stream workers")
     markdown = (f"# {title}, embedded Redis ({payload['date']})\n\n"
                 f"CmnRec TSC M=4 T=50, random weights, I={dataset.num_items}; {args.partitions} "
-                f"partitions, batch {args.batch_size}; the first {args.events} MovieLens-100k events in "
-                f"time order (few users per batch, each with many events), or interleaved (users "
-                f"take turns). Load average at start: {payload['machine']['load_average_1_5_15']}."
-                f"\n\n{table}\n")
+                f"partitions, batch {', '.join(map(str, batch_sizes))} entries; the first "
+                f"{args.events} MovieLens-100k events in time order (few users per batch, each with "
+                f"many events), or interleaved (users take turns); {args.rounds} round(s), the "
+                f"configurations in turn within each. Load average at start: "
+                f"{payload['machine']['load_average_1_5_15']}.\n\n"
+                + (f"Median over the rounds:\n\n{summary}\n\nEvery run:\n\n" if args.rounds > 1
+                   or len(batch_sizes) > 1 or len(worker_counts) > 1 else "")
+                + f"{table}\n")
     json_path, md_path = save_results(args.out, payload, markdown)
     print(markdown)
     print(f"wrote {json_path} and {md_path}")
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median and range of each (size, order, workers, batch size) over the rounds."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["size"], row["order"], row["workers"], row["batch_size"]), []).append(row)
+    out = []
+    for (size, order, workers, batch_size), runs in groups.items():
+        rates = [r["events_per_second"] for r in runs]
+        out.append({"size": size, "order": order, "workers": workers, "batch_size": batch_size,
+                    "runs": len(runs), "events_per_second_median": float(np.median(rates)),
+                    "events_per_second_min": min(rates), "events_per_second_max": max(rates),
+                    "worker_cpu_us_per_event_median":
+                        float(np.median([r["worker_cpu_us_per_event"] for r in runs])),
+                    "redis_cpu_us_per_event_median":
+                        float(np.median([r["redis_cpu_us_per_event"] for r in runs]))})
+    return out
 
 
 if __name__ == "__main__":
