@@ -18,6 +18,7 @@ ML-1M and Beauty are read from $CMNREC_DATA_DIR, else from ../shared/data (never
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -37,7 +38,7 @@ from bench.common import (RESULTS_DIR, REPO_ROOT, dataset_info, machine_info, ma
 from data.dataset import SequenceDataset
 from data.loaders import DATA_DIR_ENV, LOCAL_DATASETS, load_dataset, local_dataset_path
 from model.config import ModelConfig
-from training.settings import TrainSettings
+from training.settings import LR_SCHEDULES, TrainSettings
 
 RUNS_DIR = RESULTS_DIR / "accuracy"
 DATASETS = ("ml-100k", "ml-1m", "beauty")
@@ -194,7 +195,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _model_order(name: str) -> tuple[int, str]:
     rank = {"pop": 0, "gru4rec": 1, "srmn": 2, "cmnrec": 3, "lrurec": 4, "sasrec": 5}
-    return rank.get(name.split("-")[0], 5), name
+    return rank.get(name.split("+")[0].split("-")[0], 5), name
 
 
 def _ms(value: tuple[float, float], digits: int = 4) -> str:
@@ -232,7 +233,9 @@ def render_markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> s
                   f"tied output; dropout {recipe.dropout}, AdamW lr {recipe.lr} weight decay "
                   f"{recipe.weight_decay}, {recipe.batch_size} users per batch, at most "
                   f"{recipe.epochs} epochs, patience {recipe.patience} validations on valid "
-                  "NDCG@10 (all items).", ""]
+                  f"NDCG@10 (all items), {recipe.lr_schedule} rate. Rows named <model>+cosine: "
+                  "the same with the rate decayed to 0 by a cosine over the time budget after "
+                  "100 warm-up steps (`--lr-schedule cosine`).", ""]
         lines.append(markdown_table(
             ["model", "seeds", "masked NDCG@10", "masked HR@10", "masked MRR@10", "all NDCG@10",
              "all HR@10", "all MRR@10", "valid masked NDCG@10", "epochs (best)", "s/epoch",
@@ -300,6 +303,10 @@ def main(
     data_dir: Annotated[Path | None, typer.Option(help="Directory holding ml-1m/ and beauty/ "
                                                       "(default $CMNREC_DATA_DIR, else ../shared/data).")] = None,
     summary_only: Annotated[bool, typer.Option(help="Only rebuild the tables from saved runs.")] = False,
+    lr_schedule: Annotated[str | None, typer.Option(
+        help="constant, cosine or linear (default: the data set's recipe). Rows trained with a "
+             "decaying rate are named <model>+<schedule> and kept beside the others.")] = None,
+    warmup_steps: Annotated[int, typer.Option(min=0, help="Warm-up steps with a decaying rate.")] = 100,
 ) -> None:
     """Train each (data set, model, seed) not yet saved, save it, and rebuild the summary."""
     if summary_only:
@@ -316,19 +323,25 @@ def main(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--slots/--seeds") from None
     chosen = select_variants(all_variants(slot_values), models)
+    if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
+        raise typer.BadParameter(f"expected one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}",
+                                 param_hint="--lr-schedule")
     for dataset in names:
-        todo = [(v, s) for s in seed_values for v in chosen  # every model's first seed first
+        recipe = RECIPES[dataset]
+        schedule = lr_schedule or recipe.lr_schedule
+        warmup = warmup_steps if schedule != "constant" else 0
+        variants = [v if schedule == recipe.lr_schedule or v.model == "pop"
+                    else dataclasses.replace(v, name=f"{v.name}+{schedule}") for v in chosen]
+        todo = [(v, s) for s in seed_values for v in variants  # every model's first seed first
                 if not run_path(dataset, v.name, s).exists()]
         if not todo:
             typer.echo(f"{dataset}: every requested run is saved", err=True)
             continue
         data = load_benchmark_dataset(dataset, data_dir)
-        recipe = RECIPES[dataset]
         for variant, seed in todo:
             settings = TrainSettings(epochs=recipe.epochs, batch_size=recipe.batch_size,
                                      lr=recipe.lr, weight_decay=recipe.weight_decay,
-                                     lr_schedule=recipe.lr_schedule,
-                                     warmup_steps=recipe.warmup_steps,
+                                     lr_schedule=schedule, warmup_steps=warmup,
                                      patience=recipe.patience, eval_every=recipe.eval_every,
                                      seed=seed, threads=threads, max_seconds=max_seconds)
             typer.echo(f"{now_utc()} {dataset} {variant.name} seed {seed} ...", err=True)
