@@ -235,7 +235,9 @@ def render_markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> s
                   f"{recipe.epochs} epochs, patience {recipe.patience} validations on valid "
                   f"NDCG@10 (all items), {recipe.lr_schedule} rate. Rows named <model>+cosine: "
                   "the same with the rate decayed to 0 by a cosine over the time budget after "
-                  "100 warm-up steps (`--lr-schedule cosine`).", ""]
+                  "100 warm-up steps (`--lr-schedule cosine`); +sampled<K>: trained with a "
+                  "sampled softmax over the block's targets and K random items "
+                  "(`--sampled-softmax K`), evaluated on all items like every row.", ""]
         lines.append(markdown_table(
             ["model", "seeds", "masked NDCG@10", "masked HR@10", "masked MRR@10", "all NDCG@10",
              "all HR@10", "all MRR@10", "valid masked NDCG@10", "epochs (best)", "s/epoch",
@@ -307,6 +309,9 @@ def main(
         help="constant, cosine or linear (default: the data set's recipe). Rows trained with a "
              "decaying rate are named <model>+<schedule> and kept beside the others.")] = None,
     warmup_steps: Annotated[int, typer.Option(min=0, help="Warm-up steps with a decaying rate.")] = 100,
+    sampled_softmax: Annotated[int, typer.Option(
+        min=0, help="Train with a sampled softmax of this many random items besides the block's "
+                    "targets (rows named <model>+sampled<K>); 0 = all items.")] = 0,
 ) -> None:
     """Train each (data set, model, seed) not yet saved, save it, and rebuild the summary."""
     if summary_only:
@@ -330,8 +335,10 @@ def main(
         recipe = RECIPES[dataset]
         schedule = lr_schedule or recipe.lr_schedule
         warmup = warmup_steps if schedule != "constant" else 0
-        variants = [v if schedule == recipe.lr_schedule or v.model == "pop"
-                    else dataclasses.replace(v, name=f"{v.name}+{schedule}") for v in chosen]
+        suffix = ((f"+{schedule}" if schedule != recipe.lr_schedule else "")
+                  + (f"+sampled{sampled_softmax}" if sampled_softmax else ""))
+        variants = [v if not suffix or v.model == "pop"
+                    else dataclasses.replace(v, name=v.name + suffix) for v in chosen]
         todo = [(v, s) for s in seed_values for v in variants  # every model's first seed first
                 if not run_path(dataset, v.name, s).exists()]
         if not todo:
@@ -342,6 +349,7 @@ def main(
             settings = TrainSettings(epochs=recipe.epochs, batch_size=recipe.batch_size,
                                      lr=recipe.lr, weight_decay=recipe.weight_decay,
                                      lr_schedule=schedule, warmup_steps=warmup,
+                                     sampled_softmax=sampled_softmax,
                                      patience=recipe.patience, eval_every=recipe.eval_every,
                                      seed=seed, threads=threads, max_seconds=max_seconds)
             typer.echo(f"{now_utc()} {dataset} {variant.name} seed {seed} ...", err=True)

@@ -48,7 +48,7 @@ _OPTION_OF_FIELD = {
     "device": "--device", "precision": "--precision", "compile": "--compile", "nproc": "--nproc",
     "tied": "--tied", "max_len": "--max-len", "heads": "--heads",
     "optimizer": "--optimizer", "eval_every": "--eval-every", "lr_schedule": "--lr-schedule",
-    "warmup_steps": "--warmup-steps",
+    "warmup_steps": "--warmup-steps", "sampled_softmax": "--sampled-softmax",
 }
 
 
@@ -124,6 +124,9 @@ def train(
                                     "to 0 over --epochs or --max-seconds, whichever ends first"),
     warmup_steps: int = typer.Option(_TRAIN["warmup_steps"], help="optimizer steps of linear "
                                      "warm-up to --lr"),
+    sampled_softmax: int = typer.Option(_TRAIN["sampled_softmax"], help="train against each "
+                                        "block's distinct targets plus this many random items "
+                                        "instead of all items (large catalogues; 0: full softmax)"),
     weight_decay: float = typer.Option(_TRAIN["weight_decay"], help="weight decay (AdamW) or L2 penalty (Adam)"),
     optimizer: str = typer.Option(_TRAIN["optimizer"], help="adamw or adam"),
     patience: int = typer.Option(_TRAIN["patience"], help="validations without a better validation NDCG@10 "
@@ -161,6 +164,7 @@ def train(
     try:
         settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr,
                                  lr_schedule=lr_schedule, warmup_steps=warmup_steps,
+                                 sampled_softmax=sampled_softmax,
                                  weight_decay=weight_decay, optimizer=optimizer,
                                  eval_every=eval_every, seed=seed, patience=patience,
                                  clip_norm=clip_norm, threads=threads, max_seconds=max_seconds,

@@ -194,6 +194,9 @@ class LRURec(SequentialRecommender):
     def features(self, state: LRUState) -> Tensor:
         return state.out
 
-    def output(self, features: Tensor) -> Tensor:
-        """logits = x E^T + bias. features: [..., k]. Returns [..., I]."""
-        return F.linear(features, self.embedding.weight, self.bias)
+    def project(self, features: Tensor) -> Tensor:
+        """The scores are x E^T + bias: the last block's output x itself. [..., k]."""
+        return features
+
+    def output_layer(self) -> tuple[Tensor, Tensor]:
+        return self.embedding.weight, self.bias

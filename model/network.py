@@ -77,15 +77,26 @@ class SequentialRecommender(nn.Module, ABC):
     def _float(self) -> torch.dtype:
         return self.embedding.weight.dtype
 
-    def output(self, features: Tensor) -> Tensor:
+    def project(self, features: Tensor) -> Tensor:
+        """What the item scores are a product with: dropout(W_y o + W_r vec r). [..., F] -> [..., d]."""
+        return self.dropout(self.combine(features))
+
+    def output_layer(self) -> tuple[Tensor, Tensor]:
+        """(W_out [I, d], b_out [I]); W_out = E when tied."""
+        if self.config.tied:
+            return self.embedding.weight, self.decode_bias
+        return self.decode.weight, self.decode.bias
+
+    def output(self, features: Tensor, candidates: Tensor | None = None) -> Tensor:
         """logits = W_out (W_y o + W_r vec r) + b_out, W_out = E when tied. features: [..., F].
 
-        Returns [..., I].
+        Returns [..., I]; with candidates ([C] item ids), only their logits: [..., C] (the sampled
+        softmax of training: W_out[candidates], b_out[candidates]).
         """
-        projected = self.dropout(self.combine(features))
-        if self.config.tied:
-            return nn.functional.linear(projected, self.embedding.weight, self.decode_bias)
-        return self.decode(projected)
+        weight, bias = self.output_layer()
+        if candidates is not None:
+            weight, bias = weight[candidates], bias[candidates]
+        return nn.functional.linear(self.project(features), weight, bias)
 
     def scores(self, state: Any) -> Tensor:
         """Logits for the next item from a stored state, without changing it: [B, I]."""
@@ -102,11 +113,12 @@ class SequentialRecommender(nn.Module, ABC):
         state = self.advance(self.dropout(self.embedding(items)), state, chunk)
         return self.scores(state), state
 
-    def forward(self, items: Tensor, state: Any,
-                first_pos: int | None = None) -> tuple[Tensor, Any]:
-        """A run of events per user. items: [B, L] (0 = padding). Returns ([B, L, I], state)."""
+    def forward(self, items: Tensor, state: Any, first_pos: int | None = None,
+                candidates: Tensor | None = None) -> tuple[Tensor, Any]:
+        """A run of events per user. items: [B, L] (0 = padding). Returns ([B, L, I], state), or
+        ([B, L, C], state) with candidates ([C] item ids: the sampled softmax of training)."""
         features, state = self.run(items, state, first_pos)
-        return self.output(features), state
+        return self.output(features, candidates), state
 
     def run(self, items: Tensor, state: Any,
             first_pos: int | None = None) -> tuple[Tensor, Any]:
@@ -271,8 +283,9 @@ class PopularityRecommender(SequentialRecommender):
     def features(self, state: PopState) -> Tensor:
         return state.pos.unsqueeze(-1)
 
-    def output(self, features: Tensor) -> Tensor:
-        return self.log_counts.expand(*features.shape[:-1], -1)
+    def output(self, features: Tensor, candidates: Tensor | None = None) -> Tensor:
+        scores = self.log_counts if candidates is None else self.log_counts[candidates]
+        return scores.expand(*features.shape[:-1], -1)
 
 
 def build_model(config: ModelConfig) -> SequentialRecommender:

@@ -27,6 +27,9 @@ class TrainSettings:
     lr: float = 1e-3  # learning rate (the peak, when lr_schedule decays it)
     lr_schedule: str = "constant"  # constant | cosine | linear decay to 0 over epochs or max_seconds
     warmup_steps: int = 0  # optimizer steps of linear warm-up from lr / warmup_steps to lr
+    # Sampled softmax: > 0 scores each block's targets against only the block's distinct targets
+    # plus this many uniformly drawn items instead of all I (large catalogues); 0 = full softmax.
+    sampled_softmax: int = 0
     weight_decay: float = 0.01  # AdamW: decoupled weight decay; Adam: L2 penalty
     optimizer: str = "adamw"  # adamw | adam
     seed: int = 0  # seeds weight init, dropout and batch order
@@ -47,6 +50,7 @@ class TrainSettings:
             "weight_decay": self.weight_decay >= 0, "patience": self.patience >= 0,
             "optimizer": self.optimizer in OPTIMIZERS, "eval_every": self.eval_every >= 0,
             "lr_schedule": self.lr_schedule in LR_SCHEDULES, "warmup_steps": self.warmup_steps >= 0,
+            "sampled_softmax": self.sampled_softmax >= 0,
             "clip_norm": self.clip_norm >= 0, "eval_batch_size": self.eval_batch_size >= 1,
             "threads": self.threads is None or self.threads >= 1,
             "max_seconds": self.max_seconds is None or self.max_seconds > 0,

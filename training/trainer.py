@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from tqdm import tqdm
 
 from data.dataset import PAD_ID, SequenceDataset
@@ -111,9 +112,16 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
             if settings.compile == "reduce-overhead":  # a new step for the CUDA graph trees
                 torch.compiler.cudagraph_mark_step_begin()
             with autocast(device, settings.precision):
-                logits, state = model(x, state, first_pos=start)  # [a, t, I]
+                if settings.sampled_softmax:
+                    candidates, y = sampled_candidates(y, core.config.num_items,
+                                                       settings.sampled_softmax)
+                    logits, state = model(x, state, first_pos=start, candidates=candidates)
+                    ignore = IGNORE  # [a, t, C]; y indexes candidates
+                else:
+                    logits, state = model(x, state, first_pos=start)  # [a, t, I]
+                    ignore = PAD_ID
                 summed = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                         ignore_index=PAD_ID, reduction="sum")
+                                         ignore_index=ignore, reduction="sum")
             # the mean over the global batch's targets; DDP's mean over ranks undoes the factor
             loss = summed * (cluster.world / count)
             optimizer.zero_grad(set_to_none=True)
@@ -135,6 +143,24 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
         if deadline is not None and distributed.any_rank(late, cluster, device):
             return float(total_loss) / max(local_targets, 1), total_targets, True
     return float(total_loss) / max(local_targets, 1), total_targets, False
+
+
+IGNORE = -100  # the target index of padding positions under the sampled softmax
+
+
+def sampled_candidates(targets: Tensor, num_items: int, negatives: int) -> tuple[Tensor, Tensor]:
+    """The sampled softmax's items for one block, and each target's index among them.
+
+    targets: [a, t] item ids, 0 = padding. Candidates: the block's distinct targets (each one is a
+    negative for the other positions, so frequent items are drawn as negatives about as often as
+    they occur) and `negatives` items drawn uniformly from 1..I-1 with the global generator,
+    sorted and distinct: [C]. Returns (candidates, index [a, t] into them; IGNORE at padding).
+    No log-Q correction: the model is trained on this biased softmax and evaluated on all items.
+    """
+    drawn = torch.randint(1, num_items, (negatives,), device=targets.device)
+    candidates = torch.unique(torch.cat([targets[targets != PAD_ID], drawn]))  # sorted
+    index = torch.searchsorted(candidates, targets.contiguous())
+    return candidates, torch.where(targets == PAD_ID, torch.full_like(index, IGNORE), index)
 
 
 def _fit_popularity(model: PopularityRecommender, dataset: SequenceDataset,

@@ -18,8 +18,8 @@ from tests.training.toy_data import cyclic_dataset
 from training.batching import length_sorted_batches
 from training.lr_schedule import LearningRate, decay_factor, warmup_factor
 from training.settings import TrainSettings
-from training.trainer import (count_parameters, make_optimizer, train_epoch, train_model,
-                              training_windows)
+from training.trainer import (count_parameters, make_optimizer, sampled_candidates, train_epoch,
+                              train_model, training_windows)
 
 TINY = dict(embed_dim=8, hidden_dim=16, mem_width=8, attn_dim=8, block_len=10, slots=3)
 
@@ -232,3 +232,39 @@ def test_a_time_budget_sets_the_horizon_when_it_ends_first() -> None:
     steps_only = LearningRate(optimizer, settings, total_steps=4, began=time.perf_counter(),
                               use_clock=False)
     assert steps_only.update(2) == pytest.approx(0.5)  # under DDP: the step fraction only
+
+
+def test_sampled_candidates_hold_every_target_and_index_it() -> None:
+    torch.manual_seed(0)
+    targets = torch.tensor([[3, 5, 0], [5, 7, 0], [9, 0, 0]])
+    candidates, index = sampled_candidates(targets, num_items=12, negatives=4)
+    assert torch.equal(candidates, torch.unique(candidates))  # sorted, distinct
+    assert {3, 5, 7, 9} <= set(candidates.tolist()) and 0 not in candidates.tolist()
+    assert len(candidates) <= 4 + 4 and int(candidates.max()) < 12
+    real = targets != 0
+    assert torch.equal(candidates[index[real]], targets[real])
+    assert (index[~real] == -100).all()
+
+
+@pytest.mark.parametrize("model_name,tied", [("cmnrec", False), ("gru4rec", True),
+                                             ("lrurec", False), ("sasrec", True)])
+def test_candidate_logits_are_the_full_logits_of_those_items(model_name, tied) -> None:
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(num_items=30, model=model_name, tied=tied, max_len=6,
+                                    heads=2, **{**TINY, "embed_dim": 8})).eval()
+    items = torch.randint(1, 30, (3, 6))
+    candidates = torch.tensor([2, 5, 11, 29])
+    full, _ = model(items, model.initial_state(3))
+    some, _ = model(items, model.initial_state(3), candidates=candidates)
+    assert some.shape == (3, 6, 4)
+    assert torch.allclose(some, full[..., candidates], atol=1e-6)
+
+
+def test_a_sampled_softmax_learns_the_synthetic_successors() -> None:
+    data = cyclic_dataset(users=120, items=60, min_len=5, max_len=40, seed=13)
+    config = ModelConfig(num_items=data.num_items, model="gru4rec", **TINY)
+    settings = TrainSettings(epochs=8, batch_size=16, lr=1e-2, patience=0, sampled_softmax=6)
+    _, sampled = train_model(data, config, settings, progress=False)
+    _, pop = train_model(data, ModelConfig(num_items=data.num_items, model="pop"), TrainSettings(),
+                         progress=False)
+    assert sampled.metrics["test"]["ndcg@10"] > pop.metrics["test"]["ndcg@10"] + 0.3
