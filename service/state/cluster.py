@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 from redis.exceptions import (
     AskError,
     ClusterError,
@@ -70,7 +71,23 @@ def open_cluster(url: str, settings: Settings) -> aioredis.RedisCluster:
         socket_connect_timeout=settings.redis_timeout_seconds,
         retry=Retry(NoBackoff(), 0), require_full_coverage=False, decode_responses=False)
     _keep_command_table(client)
+    _pack_with_hiredis(client)
     return client
+
+
+def _pack_with_hiredis(client: aioredis.RedisCluster) -> None:
+    """The cluster client's connections pack commands with hiredis too (service/state/connection.py
+    hiredis_packing). RedisCluster hard-codes its connection class into the keyword arguments it
+    gives every ClusterNode, so the class is replaced there (before any node exists beyond the
+    startup nodes, which are patched directly)."""
+    from service.state.connection import hiredis_packing
+
+    manager = client.nodes_manager
+    packed = hiredis_packing(client.connection_kwargs.get("connection_class", Connection))
+    for kwargs in (client.connection_kwargs, manager.connection_kwargs):
+        kwargs["connection_class"] = packed
+    for node in manager.startup_nodes.values():
+        node.connection_class = packed
 
 
 def _keep_command_table(client: aioredis.RedisCluster) -> None:

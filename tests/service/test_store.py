@@ -431,3 +431,20 @@ async def test_wait_replicas_without_a_replica_answers_unavailable_after_the_com
     async with open_store(make_settings(), engine) as store:
         again = await store.apply(Event("walt", ITEMS[0], "w-1"))
     assert not again.applied and again.position == 1
+
+
+@pytest.mark.redis_modes("cluster")
+async def test_the_cluster_client_packs_with_hiredis_too(make_settings):
+    settings = make_settings()
+    client = open_redis(settings.redis_url, settings)
+    try:
+        await client.set("cmnrec-test:{pack}", b"\x00\xff" * 5000)
+        assert await client.get("cmnrec-test:{pack}") == b"\x00\xff" * 5000
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set("cmnrec-test:{pack}:a", b"1").get("cmnrec-test:{pack}:a")
+            assert await pipe.execute() == [True, b"1"]
+        await client.delete("cmnrec-test:{pack}", "cmnrec-test:{pack}:a")
+        used = [type(c).__name__ for node in client.get_nodes() for c in node._connections]
+        assert used and set(used) == {"HiredisConnection"}
+    finally:
+        await client.aclose()
