@@ -68,6 +68,10 @@ class Settings(BaseSettings):
                           "that user's requests only); off = one apply each")
     coalesce_max_batch: int = Field(64, ge=1, le=100_000,
                                     description="most events in one coalesced apply")
+    model_thread: bool = Field(
+        False, description="run the model part of each batch (onnxruntime, codec, top-N) on a "
+                           "worker thread, so that the event loop goes on reading requests while "
+                           "onnxruntime computes (it releases the GIL)")
     fast_events_path: bool = Field(
         True, description="serve valid POST /v1/events without FastAPI's routing and parsing "
                           "(service/http/fast_events.py; the same answers, anything else goes to "

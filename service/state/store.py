@@ -119,7 +119,7 @@ class StateStore:
     def __init__(self, redis: aioredis.Redis, engine: Engine, *, keys: KeySchema | None = None,
                  ttl_seconds: int = 0, recent_cap: int = 1000, event_window: int = 1000,
                  retry_limit: int = 64, cache_users: int = 0, wait_replicas: int = 0,
-                 wait_timeout_ms: int = 1000) -> None:
+                 wait_timeout_ms: int = 1000, model_thread: bool = False) -> None:
         if recent_cap < 1 or event_window < 1 or retry_limit < 1 or ttl_seconds < 0:
             raise ValueError("recent_cap, event_window, retry_limit must be >= 1, ttl >= 0")
         self.redis = redis
@@ -130,6 +130,7 @@ class StateStore:
                               wait_timeout_ms=wait_timeout_ms)
         self.retry_limit = retry_limit
         self.recent_cap = recent_cap
+        self.model_thread = model_thread  # run the engine of each batch on a worker thread
         self.cache = StateCache(cache_users)
         self._locks = KeyedLocks()
         self._initial_state: bytes = engine.initial_state()
@@ -141,7 +142,8 @@ class StateStore:
                    event_window=settings.event_id_window, retry_limit=settings.cas_retry_limit,
                    cache_users=settings.cache_users,
                    wait_replicas=settings.redis_wait_replicas,
-                   wait_timeout_ms=settings.redis_wait_timeout_ms)
+                   wait_timeout_ms=settings.redis_wait_timeout_ms,
+                   model_thread=settings.model_thread)
 
     @property
     def model_version(self) -> str:
@@ -202,8 +204,11 @@ class StateStore:
                                      use_cache)
                     await self._rebuild_stale(work, timer)
                     self._mark_duplicates(work, events)
-                    wave_recs = self._step_waves(work, items, n, exclude_seen, timer)
-                    self._recommend_duplicates(work, items, n, exclude_seen, wave_recs, timer)
+                    if self.model_thread:  # the loop serves other requests meanwhile
+                        wave_recs = await asyncio.to_thread(self._run_model, work, items, n,
+                                                            exclude_seen, timer)
+                    else:
+                        wave_recs = self._run_model(work, items, n, exclude_seen, timer)
                     lost = await self._commit(work, events, timer)
                     committed = [w for w in work if w.user_id not in lost]
                     # committed: counted even if a later attempt for another user fails
@@ -394,6 +399,14 @@ class StateStore:
                 if event_id:
                     seen.add(event_id)
                 w.to_apply.append(index)
+
+    def _run_model(self, work: list[_UserWork], items: list[int], n: int, exclude_seen: bool,
+                   timer: StageTimer) -> dict[int, list[Recommendation]]:
+        """The engine's part of a batch (no Redis, no shared mutable state of the store): the new
+        states of every user and the recommendations, duplicates included."""
+        recs = self._step_waves(work, items, n, exclude_seen, timer)
+        self._recommend_duplicates(work, items, n, exclude_seen, recs, timer)
+        return recs
 
     def _step_waves(self, work: list[_UserWork], items: list[int], n: int, exclude_seen: bool,
                     timer: StageTimer) -> dict[int, list[Recommendation]]:

@@ -448,3 +448,43 @@ async def test_the_cluster_client_packs_with_hiredis_too(make_settings):
         assert used and set(used) == {"HiredisConnection"}
     finally:
         await client.aclose()
+
+
+class _ThreadRecordingEngine:
+    """The real engine; remembers which threads ran its steps."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.threads: set[int] = set()
+
+    def apply(self, *args, **kwargs):
+        import threading
+
+        self.threads.add(threading.get_ident())
+        return self._engine.apply(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
+async def test_the_model_on_a_worker_thread_gives_the_same_answers(make_settings, engine,
+                                                                   key_prefix):
+    import threading
+
+    events = [Event("u1", ITEMS[0], "a"), Event("u2", ITEMS[1], "b"), Event("u1", ITEMS[2], "c"),
+              Event("u1", ITEMS[0], "a"), Event("u3", ITEMS[3], "d"), Event("u2", ITEMS[4], "e")]
+    answers, threads = [], []
+    for threaded in (False, True):
+        recording = _ThreadRecordingEngine(engine)
+        settings = make_settings(model_thread=threaded, key_prefix=f"{key_prefix}-{threaded}")
+        async with open_store(settings, recording) as store:
+            results = await store.apply_each(events, n=5, exclude_seen=True)
+            again = await store.apply_each(events[:2], n=3)
+        answers.append([(r.applied, r.position, r.chunk_time,
+                         [(x.item_id, round(x.score, 5)) for x in r.recommendations])
+                        for r in results + again])
+        threads.append(recording.threads)
+    assert answers[0] == answers[1]
+    assert [a[0] for a in answers[0]] == [True, True, True, False, True, True, False, False]
+    assert threads[0] == {threading.get_ident()}
+    assert threads[1] and threading.get_ident() not in threads[1]
