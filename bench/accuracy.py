@@ -269,7 +269,7 @@ def _beside_published(mine: list[dict[str, Any]],
                       published: dict[str, tuple[float, float]]) -> list[list[str]]:
     rows = []
     for r in mine:
-        theirs = published.get(PUBLISHED_NAME.get(r["name"], ""))
+        theirs = published.get(PUBLISHED_NAME.get(r["name"].split("+")[0], ""))
         rows.append([r["name"], _ms(r["seen_excluded.test.ndcg@10"]),
                      f"{theirs[0]:.4f}" if theirs else "–", _ms(r["seen_excluded.test.hr@10"]),
                      f"{theirs[1]:.4f}" if theirs else "–"])
