@@ -372,7 +372,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Median and range of each (size, order, workers, batch size) over the rounds."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["size"], row["order"], row["workers"], row["batch_size"]), []).append(row)
+        key = (row["size"], row["order"], row["workers"], row["batch_size"])
+        groups.setdefault(key, []).append(row)
     out = []
     for (size, order, workers, batch_size), runs in groups.items():
         rates = [r["events_per_second"] for r in runs]

@@ -18,8 +18,9 @@ def worker(
         help="P event streams (default $CMNREC_STREAM_PARTITIONS or 8); must match the producers"),
     consumer: Optional[str] = typer.Option(
         None, "--consumer", help="consumer name in the group (default hostname-pid)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
-                                             help="most entries per batch (default $CMNREC_STREAM_BATCH_SIZE or 4096)"),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", min=1,
+        help="most entries per batch (default $CMNREC_STREAM_BATCH_SIZE or 4096)"),
     metrics_port: Optional[int] = typer.Option(
         None, "--metrics-port", min=0, max=65535,
         help="serve Prometheus /metrics on this port (default 9100; 0 = off)"),

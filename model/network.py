@@ -78,7 +78,7 @@ class SequentialRecommender(nn.Module, ABC):
         return self.embedding.weight.dtype
 
     def project(self, features: Tensor) -> Tensor:
-        """What the item scores are a product with: dropout(W_y o + W_r vec r). [..., F] -> [..., d]."""
+        """What the item scores multiply: dropout(W_y o + W_r vec r). [..., F] -> [..., d]."""
         return self.dropout(self.combine(features))
 
     def output_layer(self) -> tuple[Tensor, Tensor]:
