@@ -38,41 +38,18 @@ from bench.common import (RESULTS_DIR, REPO_ROOT, dataset_info, machine_info, ma
 from data.dataset import SequenceDataset
 from data.loaders import DATA_DIR_ENV, LOCAL_DATASETS, load_dataset, local_dataset_path
 from model.config import ModelConfig
+from training.recipes import RECIPES as TRAINING_RECIPES
+from training.recipes import Recipe
 from training.settings import LR_SCHEDULES, TrainSettings
 
 RUNS_DIR = RESULTS_DIR / "accuracy"
 DATASETS = ("ml-100k", "ml-1m", "beauty")
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
-# Sizes shared by every neural model (ModelConfig fields): k=64 as in the published tables.
-DIMS = {"embed_dim": 64, "hidden_dim": 128, "mem_width": 64, "attn_dim": 32, "read_heads": 1}
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How every model is trained on one data set (the defaults of `cmnrec train` on ml-100k)."""
-
-    batch_size: int  # users per batch
-    lr: float
-    weight_decay: float
-    dropout: float
-    block_len: int  # T of the recurrent models
-    max_len: int  # L of SASRec (the published tables: 200 on ML-1M, 50 on Beauty)
-    epochs: int
-    patience: int  # validations
-    eval_every: int  # optimizer steps between validations; 0 = per epoch
-    lr_schedule: str = "constant"  # TrainSettings.lr_schedule: decay over epochs or the budget
-    warmup_steps: int = 0
-
-
-RECIPES = {
-    "ml-100k": Recipe(batch_size=16, lr=1e-3, weight_decay=0.01, dropout=0.3, block_len=50,
-                      max_len=200, epochs=60, patience=8, eval_every=0),
-    "ml-1m": Recipe(batch_size=64, lr=2e-3, weight_decay=0.01, dropout=0.2, block_len=50,
-                    max_len=200, epochs=60, patience=8, eval_every=0),
-    "beauty": Recipe(batch_size=128, lr=1e-3, weight_decay=0.01, dropout=0.3, block_len=50,
-                     max_len=50, epochs=60, patience=8, eval_every=0),
-}
+# The recipes of `cmnrec train` (training/recipes.py), with a full softmax: a row trained with a
+# sampled one says so in its name (+sampled<K>, from --sampled-softmax).
+RECIPES = {name: dataclasses.replace(recipe, sampled_softmax=0)
+           for name, recipe in TRAINING_RECIPES.items()}
 
 # LRURec paper (Yue et al., WSDM 2024), Table 3, on exactly these splits, items of the input
 # sequence masked (../shared/data/README.md). None of them reports ml-100k.
@@ -98,10 +75,7 @@ class Variant:
 
     def config(self, num_items: int, recipe: Recipe) -> ModelConfig:
         return ModelConfig(num_items=num_items, model=self.model, rule=self.rule,
-                           block_len=recipe.block_len, slots=self.slots or 1,
-                           dropout=recipe.dropout, max_len=recipe.max_len, layers=2, heads=2,
-                           tied=self.model == "sasrec", **DIMS)
-        # lrurec: hidden_dim is its complex state size N = 2k (the paper's), layers = 2 blocks
+                           slots=self.slots or 1, **recipe.model_fields(self.model))
 
 
 def all_variants(slots: list[int]) -> list[Variant]:

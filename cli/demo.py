@@ -103,27 +103,28 @@ def train_demo_model(options: DemoOptions, console: Console) -> None:
     from data.loaders import load_dataset
     from model.config import ModelConfig
     from training.pipeline import train_run
+    from training.recipes import RECIPES
     from training.settings import TrainSettings
 
     data = load_dataset("ml-100k", cache_dir=options.cache_dir)
-    if options.model == "lrurec":  # the paper's sizes (k = 64, N = 2k, two blocks, dropout 0.2)
-        config = ModelConfig(num_items=data.num_items, model="lrurec", embed_dim=64,
-                             hidden_dim=128, layers=2, dropout=0.2, block_len=50)
-        name = "LRURec (2 blocks, k=64, N=128)"
+    # The recipe `cmnrec train --recipe auto` picks for MovieLens-100k (training/recipes.py: k=64,
+    # dropout 0.3, AdamW lr 1e-3, weight decay 0.01, 16 users per batch), cut by the demo's budget.
+    recipe = RECIPES["ml-100k"]
+    if options.model == "lrurec":  # N = 2k, two blocks (the paper's)
+        config = ModelConfig(num_items=data.num_items, model="lrurec",
+                             **recipe.model_fields("lrurec"))
+        name = f"LRURec ({config.layers} blocks, k={config.embed_dim}, N={config.hidden_dim})"
     else:
-        config = ModelConfig(num_items=data.num_items, model="cmnrec", rule="tsc", embed_dim=64,
-                             hidden_dim=128, mem_width=64, read_heads=1, attn_dim=32,
-                             block_len=50, slots=4)
-        name = "CmnRec (TSC, T=50, M=4)"
-    # The recipe of `cmnrec train` (TrainSettings / ModelConfig defaults: AdamW lr 1e-3, weight
-    # decay 0.01, 16 users per batch), cut by the demo's epoch and time budget.
-    settings = TrainSettings(epochs=options.epochs, seed=0, threads=options.threads,
-                             max_seconds=options.max_seconds)
+        config = ModelConfig(num_items=data.num_items, model="cmnrec", rule="tsc", slots=4,
+                             **recipe.model_fields("cmnrec"))
+        name = f"CmnRec (TSC, T={config.block_len}, M={config.slots})"
+    settings = TrainSettings(**{**recipe.train_fields(), "epochs": options.epochs}, seed=0,
+                             threads=options.threads, max_seconds=options.max_seconds)
     console.print(f"No model yet: training {name} on MovieLens-100k "
                   f"({len(data.users)} users, {data.num_interactions} ratings) for at most "
                   f"{options.epochs} epochs / {options.max_seconds:.0f} s on {options.threads} "
                   "threads")
-    result = train_run(data, config, settings, options.run, dataset_info={"source": "ml-100k"})
+    result = train_run(data, config, settings, options.run, dataset_info={"source": "ml-100k", "recipe": "ml-100k"})
     test = result.report.metrics["test"]
     console.print(f"Trained {result.report.epochs} epochs ({result.report.stopped}): test HR@10 "
                   f"{test['hr@10']:.3f}, NDCG@10 {test['ndcg@10']:.3f}")

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from model.config import CHUNK_RULES, MODELS, ModelConfig
+from training.recipes import RECIPE_CHOICES, RECIPES, recipe_for
 from training.settings import COMPILE_MODES, PRECISIONS, TrainSettings
 
 if TYPE_CHECKING:
@@ -94,10 +95,37 @@ def metrics_table(metrics: dict[str, dict[str, float]], title: str) -> Table:
     return table
 
 
+def _chosen_recipe(name: str, data: "SequenceDataset") -> Optional[str]:
+    """--recipe resolved: a key of RECIPES, or None for the ModelConfig/TrainSettings defaults."""
+    if name == "auto":
+        return recipe_for(len(data.users), data.num_items - 1)
+    return None if name == "none" else name
+
+
+def _with_recipe(ctx: typer.Context, recipe: Optional[str], model: str,
+                 values: dict[str, Any]) -> dict[str, Any]:
+    """`values` (option name -> value) with the recipe's value wherever the option was not given."""
+    if recipe is None:
+        return values
+    fields = {**RECIPES[recipe].model_fields(model), **RECIPES[recipe].train_fields()}
+
+    def given(name: str) -> bool:  # by name: typer ships its own copy of click's ParameterSource
+        return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"
+
+    return {name: fields[name] if name in fields and not given(name) else value
+            for name, value in values.items()}
+
+
 def train(
+    ctx: typer.Context,
     dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or beauty (read from $CMNREC_DATA_DIR), "
                                 "synthetic, or a path to u.data, ratings.dat, ratings.csv or a "
                                 "user,item,timestamp CSV"),
+    recipe: str = typer.Option("auto", help="the settings that won on a benchmark (ml-100k, ml-1m, "
+                                "beauty; auto: the one whose shape the data set has, by its users "
+                                "and items; none: the defaults shown here); they replace the "
+                                "defaults of the model-size, dropout and training options, and an "
+                                "option given on the command line wins"),
     model: ModelName = typer.Option(ModelName(_MODEL["model"]), help="network to train"),
     rule: ChunkRule = typer.Option(ChunkRule(_MODEL["rule"]), help="chunk rule of cmnrec (srmn writes memory "
                                    "at every event; the RNNs and pop have none)"),
@@ -158,28 +186,31 @@ def train(
         raise typer.BadParameter(f"must be >= 1, got {min_item_freq}", param_hint="--min-item-freq")
     if nproc < 1:
         raise typer.BadParameter(f"must be >= 1, got {nproc}", param_hint="--nproc")
+    if recipe not in RECIPE_CHOICES:
+        raise typer.BadParameter(f"expected one of {', '.join(RECIPE_CHOICES)}, got {recipe!r}",
+                                 param_hint="--recipe")
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise typer.BadParameter("already running under torchrun: leave --nproc out",
                                  param_hint="--nproc")
-    try:
-        settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr,
-                                 lr_schedule=lr_schedule, warmup_steps=warmup_steps,
-                                 sampled_softmax=sampled_softmax,
-                                 weight_decay=weight_decay, optimizer=optimizer,
-                                 eval_every=eval_every, seed=seed, patience=patience,
-                                 clip_norm=clip_norm, threads=threads, max_seconds=max_seconds,
-                                 eval_batch_size=eval_batch_size, device=device,
-                                 precision=precision.value, compile=compile.value)
-        _check_hardware(settings, nproc)
-    except ValueError as error:
-        raise _bad_option(error) from error
     data = load_dataset_source(dataset, min_item_freq=min_item_freq, seed=seed, cache_dir=cache_dir)
+    chosen = _chosen_recipe(recipe, data)
+    values = _with_recipe(ctx, chosen, model.value, dict(
+        epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
+        warmup_steps=warmup_steps, sampled_softmax=sampled_softmax, weight_decay=weight_decay,
+        patience=patience, eval_every=eval_every, embed_dim=embed_dim, hidden_dim=hidden_dim,
+        mem_width=mem_width, read_heads=read_heads, attn_dim=attn_dim, block_len=block_len,
+        dropout=dropout, tied=tied, max_len=max_len, layers=layers, heads=heads))
+    train_fields = {f.name for f in dataclasses.fields(TrainSettings)}
     try:
+        settings = TrainSettings(optimizer=optimizer, seed=seed, clip_norm=clip_norm,
+                                 threads=threads, max_seconds=max_seconds,
+                                 eval_batch_size=eval_batch_size, device=device,
+                                 precision=precision.value, compile=compile.value,
+                                 **{k: v for k, v in values.items() if k in train_fields})
+        _check_hardware(settings, nproc)
         config = ModelConfig(num_items=data.num_items, model=model.value, rule=rule.value,
-                             embed_dim=embed_dim, hidden_dim=hidden_dim, mem_width=mem_width,
-                             read_heads=read_heads, attn_dim=attn_dim, block_len=block_len,
-                             slots=slots, out_dim=out_dim, dropout=dropout, tied=tied,
-                             max_len=max_len, layers=layers, heads=heads)
+                             slots=slots, out_dim=out_dim,
+                             **{k: v for k, v in values.items() if k not in train_fields})
     except ValueError as error:
         raise _bad_option(error) from error
     if out is None:
@@ -188,9 +219,11 @@ def train(
 
     console = Console()
     console.print(f"[bold]{config.model}[/] ({config.rule}) on {data.name}: {len(data.users)} "
-                  f"users, {data.num_items - 1} items, {data.num_interactions} interactions")
+                  f"users, {data.num_items - 1} items, {data.num_interactions} interactions; "
+                  f"recipe {chosen or 'none'}" + (" (auto)" if recipe == "auto" else ""))
     source = dataset if dataset in BUILTIN_DATASETS else str(Path(dataset).resolve())
-    info = {"source": source, "min_item_freq": min_item_freq, "seed": seed}
+    info = {"source": source, "min_item_freq": min_item_freq, "seed": seed,
+            "recipe": chosen or "none"}
     if nproc > 1:
         from training.distributed import launch
 

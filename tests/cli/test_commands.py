@@ -14,6 +14,9 @@ from tests.training.toy_data import cyclic_dataset
 from training.checkpoint import load_run
 from training.metrics import metric_keys
 from training.predict import recommend
+from training.recipes import RECIPES
+from training.settings import TrainSettings
+from model.config import ModelConfig
 
 TINY = ["--embed-dim", "8", "--hidden-dim", "16", "--mem-width", "8", "--attn-dim", "8",
         "--block-len", "10", "--slots", "3", "--batch-size", "16", "--threads", "1",
@@ -130,6 +133,44 @@ def test_bad_train_options_name_the_option(trained_run, tmp_path, args, option) 
     assert result.exit_code == 2, result.output
     assert option in result.output
     assert not (tmp_path / "bad" / "metrics.json").exists()
+
+
+def test_the_auto_recipe_fills_what_the_command_line_leaves_out(trained_run, tmp_path) -> None:
+    _, csv_path = trained_run  # 40 users, 25 items: the ml-100k recipe
+    run = tmp_path / "auto"
+    result = _invoke("train", "--dataset", csv_path, "--model", "gru4rec", "--epochs", "1",
+                     "--dropout", "0.1", "--batch-size", "8", "--threads", "1", "--no-progress",
+                     "--out", run)
+    assert result.exit_code == 0, result.output
+    assert "recipe ml-100k (auto)" in result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    recipe = RECIPES["ml-100k"]
+    assert metrics["dataset"]["recipe"] == "ml-100k"
+    assert (metrics["config"]["embed_dim"], metrics["config"]["hidden_dim"]) == (
+        recipe.embed_dim, recipe.hidden_dim)
+    assert metrics["settings"]["lr"] == recipe.lr and metrics["settings"]["epochs"] == 1
+    assert metrics["config"]["dropout"] == 0.1 and metrics["settings"]["batch_size"] == 8
+
+
+def test_recipe_none_keeps_the_defaults_and_a_named_recipe_applies(trained_run, tmp_path) -> None:
+    _, csv_path = trained_run
+    plain = _invoke("train", "--dataset", csv_path, "--model", "gru4rec", "--epochs", "1",
+                    "--recipe", "none", "--threads", "1", "--no-progress", "--out", tmp_path / "n")
+    assert plain.exit_code == 0, plain.output
+    metrics = json.loads((tmp_path / "n" / "metrics.json").read_text())
+    defaults = ModelConfig(num_items=2)
+    assert metrics["dataset"]["recipe"] == "none"
+    assert metrics["config"]["embed_dim"] == defaults.embed_dim
+    assert metrics["settings"]["batch_size"] == TrainSettings().batch_size
+    named = _invoke("train", "--dataset", csv_path, "--model", "gru4rec", "--epochs", "1",
+                    "--recipe", "beauty", "--threads", "1", "--no-progress", "--out", tmp_path / "b")
+    assert named.exit_code == 0, named.output
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["settings"]["sampled_softmax"] == RECIPES["beauty"].sampled_softmax
+    assert metrics["settings"]["batch_size"] == RECIPES["beauty"].batch_size
+    bad = _invoke("train", "--dataset", csv_path, "--recipe", "imdb", "--out", tmp_path / "x")
+    assert bad.exit_code == 2 and "--recipe" in bad.output
+    assert not (tmp_path / "x").exists()
 
 
 def test_missing_run_and_missing_dataset_are_named(tmp_path) -> None:

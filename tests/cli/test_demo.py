@@ -80,3 +80,25 @@ def test_demo_runs_on_a_redis_cluster(movielens, tmp_path, monkeypatch, redis_ur
             result.output
     finally:
         delete_prefix(redis_url, DEMO_KEY_PREFIX)
+
+
+@pytest.mark.parametrize("model", ["cmnrec", "lrurec"])
+def test_demo_trains_with_the_ml100k_recipe(movielens, tmp_path, model):
+    from rich.console import Console
+
+    from cli.demo import DemoOptions, train_demo_model
+    from training.checkpoint import read_metrics
+    from training.recipes import RECIPES
+
+    options = DemoOptions(artifact=tmp_path / "art", run=tmp_path / "run", users=["1"], events=1,
+                          n=5, threads=1, epochs=1, max_seconds=3.0, port=0,
+                          keep_serving=False, model=model)
+    train_demo_model(options, Console(file=open(os.devnull, "w")))
+    metrics = read_metrics(tmp_path / "run")
+    recipe = RECIPES["ml-100k"]
+    assert metrics["config"]["model"] == model and metrics["dataset"]["recipe"] == "ml-100k"
+    assert (metrics["config"]["embed_dim"], metrics["config"]["dropout"]) == (recipe.embed_dim,
+                                                                            recipe.dropout)
+    assert (metrics["settings"]["lr"], metrics["settings"]["batch_size"]) == (recipe.lr,
+                                                                            recipe.batch_size)
+    assert metrics["settings"]["epochs"] == 1 and 0.0 <= metrics["test"]["ndcg@10"] <= 1.0

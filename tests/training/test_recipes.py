@@ -1,0 +1,50 @@
+"""Training recipes: which data set shape gets which, and that the bench trains with the same ones."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bench.accuracy import RECIPES as BENCH_RECIPES
+from bench.accuracy import Variant
+from model.config import ModelConfig
+from training.recipes import LARGE_CATALOGUE, MANY_USERS, RECIPES, recipe_for
+from training.settings import TrainSettings
+
+
+@pytest.mark.parametrize("users,items,expected", [
+    (943, 1_682, "ml-100k"),  # MovieLens-100k
+    (6_040, 3_416, "ml-1m"),  # MovieLens-1M
+    (52_204, 57_289, "beauty"),  # Amazon Beauty
+    (MANY_USERS - 1, LARGE_CATALOGUE, "ml-100k"),
+    (MANY_USERS, LARGE_CATALOGUE, "ml-1m"),
+    (100, LARGE_CATALOGUE + 1, "beauty"),  # a large catalogue decides, whatever the users
+])
+def test_recipe_for_picks_by_users_and_items(users, items, expected) -> None:
+    assert recipe_for(users, items) == expected
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+@pytest.mark.parametrize("model", ["cmnrec", "gru4rec", "lrurec", "sasrec"])
+def test_every_recipe_builds_a_valid_config_and_settings(name, model) -> None:
+    recipe = RECIPES[name]
+    config = ModelConfig(num_items=100, model=model, rule="tsc" if model == "cmnrec" else "none",
+                         **recipe.model_fields(model))
+    settings = TrainSettings(**recipe.train_fields())
+    assert config.tied == (model == "sasrec")
+    assert (config.embed_dim, config.dropout, settings.lr) == (recipe.embed_dim, recipe.dropout,
+                                                               recipe.lr)
+
+
+def test_only_the_large_catalogue_recipe_samples_the_softmax() -> None:
+    assert RECIPES["beauty"].sampled_softmax > 0
+    assert RECIPES["ml-100k"].sampled_softmax == RECIPES["ml-1m"].sampled_softmax == 0
+
+
+def test_the_bench_trains_with_the_cli_recipes_and_names_a_sampled_softmax() -> None:
+    assert set(BENCH_RECIPES) == set(RECIPES)
+    for name, recipe in RECIPES.items():
+        assert BENCH_RECIPES[name] == dataclasses.replace(recipe, sampled_softmax=0)
+    config = Variant("cmnrec-tsc-m4", "cmnrec", "tsc", 4).config(500, BENCH_RECIPES["ml-1m"])
+    assert (config.embed_dim, config.hidden_dim, config.mem_width, config.attn_dim) == (64, 128, 64, 32)
+    assert config.dropout == RECIPES["ml-1m"].dropout and config.slots == 4

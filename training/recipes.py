@@ -1,0 +1,82 @@
+"""Training recipes: the settings that won on each benchmark, and which one a data set gets.
+
+One recipe per benchmark of `bench/accuracy.py` (ml-100k, ml-1m, beauty): the model sizes, the
+optimiser and the regularisation every model of its table was trained with. `cmnrec train --recipe
+auto` picks one from the data set's shape (`recipe_for`), so a user's own log gets the settings of
+the benchmark it resembles without hand-tuning; an option given on the command line wins over the
+recipe. Torch-free (the CLI reads it before importing torch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Above this many items the full softmax ([B, T, I] logits per block) dominates a CPU step: Beauty's
+# 57,289 items made an epoch 246-301 s on one thread with it and 31-36 s with a sampled softmax.
+LARGE_CATALOGUE = 20_000
+# From this many users on, larger batches still give enough optimiser steps per epoch (ML-1M: 6,040).
+MANY_USERS = 2_000
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How every model is trained on one kind of data set (ModelConfig and TrainSettings fields)."""
+
+    batch_size: int  # users per batch
+    lr: float
+    weight_decay: float
+    dropout: float
+    block_len: int  # T of the recurrent models
+    max_len: int  # L of SASRec (the published tables: 200 on ML-1M, 50 on Beauty)
+    epochs: int
+    patience: int  # validations
+    eval_every: int  # optimizer steps between validations; 0 = per epoch
+    lr_schedule: str = "constant"  # TrainSettings.lr_schedule: decay over epochs or the budget
+    warmup_steps: int = 0
+    sampled_softmax: int = 0  # 0 = full softmax over all items
+    # Sizes shared by every neural model: k=64 as in the published tables; LRURec N = 2k, 2 blocks.
+    embed_dim: int = 64
+    hidden_dim: int = 128
+    mem_width: int = 64
+    attn_dim: int = 32
+    read_heads: int = 1
+    layers: int = 2  # LRURec blocks, SASRec transformer blocks
+    heads: int = 2  # SASRec attention heads
+
+    def model_fields(self, model: str) -> dict[str, Any]:
+        """The ModelConfig fields this recipe sets for `model` (SASRec scores with a tied output)."""
+        return {"embed_dim": self.embed_dim, "hidden_dim": self.hidden_dim,
+                "mem_width": self.mem_width, "attn_dim": self.attn_dim,
+                "read_heads": self.read_heads, "block_len": self.block_len,
+                "dropout": self.dropout, "max_len": self.max_len, "layers": self.layers,
+                "heads": self.heads, "tied": model == "sasrec"}
+
+    def train_fields(self) -> dict[str, Any]:
+        """The TrainSettings fields this recipe sets."""
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                "weight_decay": self.weight_decay, "patience": self.patience,
+                "eval_every": self.eval_every, "lr_schedule": self.lr_schedule,
+                "warmup_steps": self.warmup_steps, "sampled_softmax": self.sampled_softmax}
+
+
+RECIPES = {
+    # 943 users with long histories: small batches give enough steps, dropout 0.3 against overfitting.
+    "ml-100k": Recipe(batch_size=16, lr=1e-3, weight_decay=0.01, dropout=0.3, block_len=50,
+                      max_len=200, epochs=60, patience=8, eval_every=0),
+    # 6,040 users, long histories: 64 users per batch at a higher rate, less dropout.
+    "ml-1m": Recipe(batch_size=64, lr=2e-3, weight_decay=0.01, dropout=0.2, block_len=50,
+                    max_len=200, epochs=60, patience=8, eval_every=0),
+    # 52,204 users with 7.6 events each over 57,289 items: large batches, a sampled softmax.
+    "beauty": Recipe(batch_size=128, lr=1e-3, weight_decay=0.01, dropout=0.3, block_len=50,
+                     max_len=50, epochs=60, patience=8, eval_every=0, sampled_softmax=1024),
+}
+RECIPE_CHOICES = ("auto", *RECIPES, "none")  # none: ModelConfig / TrainSettings defaults
+
+
+def recipe_for(num_users: int, num_items: int) -> str:
+    """The recipe for a data set of this shape (`num_items` counts real items, not padding)."""
+    if num_items > LARGE_CATALOGUE:
+        return "beauty"
+    if num_users >= MANY_USERS:
+        return "ml-1m"
+    return "ml-100k"
