@@ -72,10 +72,17 @@ class Variant:
     model: str
     rule: str = "none"
     slots: int | None = None  # None: no memory
+    tied: bool = False  # score with the item embeddings even where the recipe does not (+tied)
+    block_len: int | None = None  # T instead of the recipe's (+T<n>)
 
     def config(self, num_items: int, recipe: Recipe) -> ModelConfig:
+        fields = recipe.model_fields(self.model)
+        if self.tied:
+            fields["tied"] = True
+        if self.block_len is not None:
+            fields["block_len"] = self.block_len
         return ModelConfig(num_items=num_items, model=self.model, rule=self.rule,
-                           slots=self.slots or 1, **recipe.model_fields(self.model))
+                           slots=self.slots or 1, **fields)
 
 
 def all_variants(slots: list[int]) -> list[Variant]:
@@ -211,7 +218,9 @@ def render_markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> s
                   "the same with the rate decayed to 0 by a cosine over the time budget after "
                   "100 warm-up steps (`--lr-schedule cosine`); +sampled<K>: trained with a "
                   "sampled softmax over the block's targets and K random items "
-                  "(`--sampled-softmax K`), evaluated on all items like every row.", ""]
+                  "(`--sampled-softmax K`), evaluated on all items like every row; +tied: "
+                  "items scored with the item embeddings (`--tied`); +T<n>: blocks of n events "
+                  "(`--block-len n`).", ""]
         lines.append(markdown_table(
             ["model", "seeds", "masked NDCG@10", "masked HR@10", "masked MRR@10", "all NDCG@10",
              "all HR@10", "all MRR@10", "valid masked NDCG@10", "epochs (best)", "s/epoch",
@@ -286,6 +295,11 @@ def main(
     sampled_softmax: Annotated[int, typer.Option(
         min=0, help="Train with a sampled softmax of this many random items besides the block's "
                     "targets (rows named <model>+sampled<K>); 0 = all items.")] = 0,
+    tied: Annotated[bool, typer.Option(
+        help="Score items with the item embeddings in every model (rows named <model>+tied; "
+             "SASRec and LRURec always do).")] = False,
+    block_len: Annotated[int | None, typer.Option(
+        min=1, help="T of the recurrent models instead of the recipe's (rows named <model>+T<n>).")] = None,
 ) -> None:
     """Train each (data set, model, seed) not yet saved, save it, and rebuild the summary."""
     if summary_only:
@@ -310,9 +324,11 @@ def main(
         schedule = lr_schedule or recipe.lr_schedule
         warmup = warmup_steps if schedule != "constant" else 0
         suffix = ((f"+{schedule}" if schedule != recipe.lr_schedule else "")
+                  + ("+tied" if tied else "") + (f"+T{block_len}" if block_len else "")
                   + (f"+sampled{sampled_softmax}" if sampled_softmax else ""))
         variants = [v if not suffix or v.model == "pop"
-                    else dataclasses.replace(v, name=v.name + suffix) for v in chosen]
+                    else dataclasses.replace(v, name=v.name + suffix, tied=tied,
+                                             block_len=block_len) for v in chosen]
         todo = [(v, s) for s in seed_values for v in variants  # every model's first seed first
                 if not run_path(dataset, v.name, s).exists()]
         if not todo:

@@ -48,3 +48,12 @@ def test_the_bench_trains_with_the_cli_recipes_and_names_a_sampled_softmax() -> 
     config = Variant("cmnrec-tsc-m4", "cmnrec", "tsc", 4).config(500, BENCH_RECIPES["ml-1m"])
     assert (config.embed_dim, config.hidden_dim, config.mem_width, config.attn_dim) == (64, 128, 64, 32)
     assert config.dropout == RECIPES["ml-1m"].dropout and config.slots == 4
+
+
+def test_a_bench_variant_can_tie_the_output_and_change_t() -> None:
+    plain = Variant("cmnrec-tsc-m4", "cmnrec", "tsc", 4).config(500, BENCH_RECIPES["beauty"])
+    changed = Variant("cmnrec-tsc-m4+tied+T10", "cmnrec", "tsc", 4, tied=True,
+                      block_len=10).config(500, BENCH_RECIPES["beauty"])
+    assert (plain.tied, plain.block_len) == (False, RECIPES["beauty"].block_len)
+    assert (changed.tied, changed.block_len) == (True, 10)
+    assert dataclasses.replace(changed, tied=False, block_len=plain.block_len) == plain
