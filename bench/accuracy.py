@@ -74,6 +74,7 @@ class Variant:
     slots: int | None = None  # None: no memory
     tied: bool = False  # score with the item embeddings even where the recipe does not (+tied)
     block_len: int | None = None  # T instead of the recipe's (+T<n>)
+    dropout: float | None = None  # instead of the recipe's (+d<p>)
 
     def config(self, num_items: int, recipe: Recipe) -> ModelConfig:
         fields = recipe.model_fields(self.model)
@@ -81,6 +82,8 @@ class Variant:
             fields["tied"] = True
         if self.block_len is not None:
             fields["block_len"] = self.block_len
+        if self.dropout is not None:
+            fields["dropout"] = self.dropout
         return ModelConfig(num_items=num_items, model=self.model, rule=self.rule,
                            slots=self.slots or 1, **fields)
 
@@ -218,7 +221,8 @@ def render_markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> s
                   "the same with the rate decayed to 0 by a cosine over the time budget after "
                   "100 warm-up steps (`--lr-schedule cosine`); +sampled<K>: trained with a "
                   "sampled softmax over the block's targets and K random items "
-                  "(`--sampled-softmax K`), evaluated on all items like every row; +tied: "
+                  "(`--sampled-softmax K`), evaluated on all items like every row; +lr<r>: "
+                  "learning rate r (`--lr r`); +d<p>: dropout p (`--dropout p`); +tied: "
                   "items scored with the item embeddings (`--tied`); +T<n>: blocks of n events "
                   "(`--block-len n`).", ""]
         lines.append(markdown_table(
@@ -300,6 +304,10 @@ def main(
              "SASRec and LRURec always do).")] = False,
     block_len: Annotated[int | None, typer.Option(
         min=1, help="T of the recurrent models instead of the recipe's (rows named <model>+T<n>).")] = None,
+    lr: Annotated[float | None, typer.Option(
+        min=1e-6, help="Learning rate instead of the recipe's (rows named <model>+lr<rate>).")] = None,
+    dropout: Annotated[float | None, typer.Option(
+        min=0.0, max=0.99, help="Dropout instead of the recipe's (rows named <model>+d<p>).")] = None,
 ) -> None:
     """Train each (data set, model, seed) not yet saved, save it, and rebuild the summary."""
     if summary_only:
@@ -324,11 +332,14 @@ def main(
         schedule = lr_schedule or recipe.lr_schedule
         warmup = warmup_steps if schedule != "constant" else 0
         suffix = ((f"+{schedule}" if schedule != recipe.lr_schedule else "")
+                  + (f"+lr{lr:g}" if lr is not None and lr != recipe.lr else "")
+                  + (f"+d{dropout:g}" if dropout is not None and dropout != recipe.dropout else "")
                   + ("+tied" if tied else "") + (f"+T{block_len}" if block_len else "")
                   + (f"+sampled{sampled_softmax}" if sampled_softmax else ""))
         variants = [v if not suffix or v.model == "pop"
                     else dataclasses.replace(v, name=v.name + suffix, tied=tied,
-                                             block_len=block_len) for v in chosen]
+                                             block_len=block_len, dropout=dropout)
+                    for v in chosen]
         todo = [(v, s) for s in seed_values for v in variants  # every model's first seed first
                 if not run_path(dataset, v.name, s).exists()]
         if not todo:
@@ -337,7 +348,7 @@ def main(
         data = load_benchmark_dataset(dataset, data_dir)
         for variant, seed in todo:
             settings = TrainSettings(epochs=recipe.epochs, batch_size=recipe.batch_size,
-                                     lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                     lr=lr if lr is not None else recipe.lr, weight_decay=recipe.weight_decay,
                                      lr_schedule=schedule, warmup_steps=warmup,
                                      sampled_softmax=sampled_softmax,
                                      patience=recipe.patience, eval_every=recipe.eval_every,

@@ -52,8 +52,9 @@ def test_the_bench_trains_with_the_cli_recipes_and_names_a_sampled_softmax() -> 
 
 def test_a_bench_variant_can_tie_the_output_and_change_t() -> None:
     plain = Variant("cmnrec-tsc-m4", "cmnrec", "tsc", 4).config(500, BENCH_RECIPES["beauty"])
-    changed = Variant("cmnrec-tsc-m4+tied+T10", "cmnrec", "tsc", 4, tied=True,
-                      block_len=10).config(500, BENCH_RECIPES["beauty"])
+    changed = Variant("cmnrec-tsc-m4+d0.1+tied+T10", "cmnrec", "tsc", 4, tied=True,
+                      block_len=10, dropout=0.1).config(500, BENCH_RECIPES["beauty"])
     assert (plain.tied, plain.block_len) == (False, RECIPES["beauty"].block_len)
-    assert (changed.tied, changed.block_len) == (True, 10)
-    assert dataclasses.replace(changed, tied=False, block_len=plain.block_len) == plain
+    assert (changed.tied, changed.block_len, changed.dropout) == (True, 10, 0.1)
+    assert dataclasses.replace(changed, tied=False, block_len=plain.block_len,
+                               dropout=plain.dropout) == plain
