@@ -118,7 +118,7 @@ def train_demo_model(options: DemoOptions, console: Console) -> None:
         config = ModelConfig(num_items=data.num_items, model="cmnrec", rule="tsc", slots=4,
                              **recipe.model_fields("cmnrec"))
         name = f"CmnRec (TSC, T={config.block_len}, M={config.slots})"
-    settings = TrainSettings(**{**recipe.train_fields(), "epochs": options.epochs}, seed=0,
+    settings = TrainSettings(**{**recipe.train_fields(config.model), "epochs": options.epochs}, seed=0,
                              threads=options.threads, max_seconds=options.max_seconds)
     console.print(f"No model yet: training {name} on MovieLens-100k "
                   f"({len(data.users)} users, {data.num_interactions} ratings) for at most "

@@ -107,7 +107,7 @@ def _with_recipe(ctx: typer.Context, recipe: Optional[str], model: str,
     """`values` (option name -> value) with the recipe's value wherever the option was not given."""
     if recipe is None:
         return values
-    fields = {**RECIPES[recipe].model_fields(model), **RECIPES[recipe].train_fields()}
+    fields = {**RECIPES[recipe].model_fields(model), **RECIPES[recipe].train_fields(model)}
 
     def given(name: str) -> bool:  # by name: typer ships its own copy of click's ParameterSource
         return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"

@@ -162,12 +162,13 @@ def test_recipe_none_keeps_the_defaults_and_a_named_recipe_applies(trained_run, 
     assert metrics["dataset"]["recipe"] == "none"
     assert metrics["config"]["embed_dim"] == defaults.embed_dim
     assert metrics["settings"]["batch_size"] == TrainSettings().batch_size
-    named = _invoke("train", "--dataset", csv_path, "--model", "gru4rec", "--epochs", "1",
+    named = _invoke("train", "--dataset", csv_path, "--model", "cmnrec", "--epochs", "1",
                     "--recipe", "beauty", "--threads", "1", "--no-progress", "--out", tmp_path / "b")
     assert named.exit_code == 0, named.output
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["settings"]["sampled_softmax"] == RECIPES["beauty"].sampled_softmax
     assert metrics["settings"]["batch_size"] == RECIPES["beauty"].batch_size
+    assert metrics["settings"]["lr"] == dict(RECIPES["beauty"].model_lr)["cmnrec"]
     bad = _invoke("train", "--dataset", csv_path, "--recipe", "imdb", "--out", tmp_path / "x")
     assert bad.exit_code == 2 and "--recipe" in bad.output
     assert not (tmp_path / "x").exists()

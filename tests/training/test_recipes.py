@@ -30,10 +30,16 @@ def test_every_recipe_builds_a_valid_config_and_settings(name, model) -> None:
     recipe = RECIPES[name]
     config = ModelConfig(num_items=100, model=model, rule="tsc" if model == "cmnrec" else "none",
                          **recipe.model_fields(model))
-    settings = TrainSettings(**recipe.train_fields())
+    settings = TrainSettings(**recipe.train_fields(model))
     assert config.tied == (model == "sasrec")
-    assert (config.embed_dim, config.dropout, settings.lr) == (recipe.embed_dim, recipe.dropout,
-                                                               recipe.lr)
+    assert (config.embed_dim, config.dropout) == (recipe.embed_dim, recipe.dropout)
+    assert settings.lr == dict(recipe.model_lr).get(model, recipe.lr)
+
+
+def test_a_recipe_can_give_one_model_its_own_rate() -> None:
+    beauty = RECIPES["beauty"]
+    assert beauty.train_fields("cmnrec")["lr"] == dict(beauty.model_lr)["cmnrec"] != beauty.lr
+    assert beauty.train_fields("lrurec")["lr"] == beauty.train_fields()["lr"] == beauty.lr
 
 
 def test_only_the_large_catalogue_recipe_samples_the_softmax() -> None:
@@ -44,7 +50,7 @@ def test_only_the_large_catalogue_recipe_samples_the_softmax() -> None:
 def test_the_bench_trains_with_the_cli_recipes_and_names_a_sampled_softmax() -> None:
     assert set(BENCH_RECIPES) == set(RECIPES)
     for name, recipe in RECIPES.items():
-        assert BENCH_RECIPES[name] == dataclasses.replace(recipe, sampled_softmax=0)
+        assert BENCH_RECIPES[name] == dataclasses.replace(recipe, sampled_softmax=0, model_lr=())
     config = Variant("cmnrec-tsc-m4", "cmnrec", "tsc", 4).config(500, BENCH_RECIPES["ml-1m"])
     assert (config.embed_dim, config.hidden_dim, config.mem_width, config.attn_dim) == (64, 128, 64, 32)
     assert config.dropout == RECIPES["ml-1m"].dropout and config.slots == 4
