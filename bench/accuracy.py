@@ -303,9 +303,11 @@ def main(
         help="Score items with the item embeddings in every model (rows named <model>+tied; "
              "SASRec and LRURec always do).")] = False,
     block_len: Annotated[int | None, typer.Option(
-        min=1, help="T of the recurrent models instead of the recipe's (rows named <model>+T<n>).")] = None,
+        min=1, help="T of the recurrent models instead of the recipe's (rows named "
+                    "<model>+T<n>).")] = None,
     lr: Annotated[float | None, typer.Option(
-        min=1e-6, help="Learning rate instead of the recipe's (rows named <model>+lr<rate>).")] = None,
+        min=1e-6, help="Learning rate instead of the recipe's (rows named "
+                       "<model>+lr<rate>).")] = None,
     dropout: Annotated[float | None, typer.Option(
         min=0.0, max=0.99, help="Dropout instead of the recipe's (rows named <model>+d<p>).")] = None,
 ) -> None:
@@ -348,7 +350,8 @@ def main(
         data = load_benchmark_dataset(dataset, data_dir)
         for variant, seed in todo:
             settings = TrainSettings(epochs=recipe.epochs, batch_size=recipe.batch_size,
-                                     lr=lr if lr is not None else recipe.lr, weight_decay=recipe.weight_decay,
+                                     lr=lr if lr is not None else recipe.lr,
+                                     weight_decay=recipe.weight_decay,
                                      lr_schedule=schedule, warmup_steps=warmup,
                                      sampled_softmax=sampled_softmax,
                                      patience=recipe.patience, eval_every=recipe.eval_every,

@@ -118,13 +118,14 @@ def train_demo_model(options: DemoOptions, console: Console) -> None:
         config = ModelConfig(num_items=data.num_items, model="cmnrec", rule="tsc", slots=4,
                              **recipe.model_fields("cmnrec"))
         name = f"CmnRec (TSC, T={config.block_len}, M={config.slots})"
-    settings = TrainSettings(**{**recipe.train_fields(config.model), "epochs": options.epochs}, seed=0,
-                             threads=options.threads, max_seconds=options.max_seconds)
+    settings = TrainSettings(**{**recipe.train_fields(config.model), "epochs": options.epochs},
+                             seed=0, threads=options.threads, max_seconds=options.max_seconds)
     console.print(f"No model yet: training {name} on MovieLens-100k "
                   f"({len(data.users)} users, {data.num_interactions} ratings) for at most "
                   f"{options.epochs} epochs / {options.max_seconds:.0f} s on {options.threads} "
                   "threads")
-    result = train_run(data, config, settings, options.run, dataset_info={"source": "ml-100k", "recipe": "ml-100k"})
+    result = train_run(data, config, settings, options.run,
+                       dataset_info={"source": "ml-100k", "recipe": "ml-100k"})
     test = result.report.metrics["test"]
     console.print(f"Trained {result.report.epochs} epochs ({result.report.stopped}): test HR@10 "
                   f"{test['hr@10']:.3f}, NDCG@10 {test['ndcg@10']:.3f}")

@@ -31,6 +31,7 @@ ModelName = Enum("ModelName", {name: name for name in MODELS}, type=str)  # type
 ChunkRule = Enum("ChunkRule", {name: name for name in CHUNK_RULES}, type=str)  # type: ignore[misc]
 Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)  # type: ignore[misc]
 CompileMode = Enum("CompileMode", {name: name for name in COMPILE_MODES}, type=str)  # type: ignore[misc]
+RecipeName = Enum("RecipeName", {name: name for name in RECIPE_CHOICES}, type=str)  # type: ignore[misc]
 _MODEL = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 _TRAIN = {f.name: f.default for f in dataclasses.fields(TrainSettings)}
 
@@ -121,11 +122,12 @@ def train(
     dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or beauty (read from $CMNREC_DATA_DIR), "
                                 "synthetic, or a path to u.data, ratings.dat, ratings.csv or a "
                                 "user,item,timestamp CSV"),
-    recipe: str = typer.Option("auto", help="the settings that won on a benchmark (ml-100k, ml-1m, "
-                                "beauty; auto: the one whose shape the data set has, by its users "
-                                "and items; none: the defaults shown here); they replace the "
-                                "defaults of the model-size, dropout and training options, and an "
-                                "option given on the command line wins"),
+    recipe: RecipeName = typer.Option(RecipeName("auto"), help="the settings that won on a "
+                                      "benchmark (auto: the one whose shape the data set has, by "
+                                      "its users and items; none: the defaults shown here); they "
+                                      "replace the defaults of the model-size, dropout and "
+                                      "training options, and an option given on the command "
+                                      "line wins"),
     model: ModelName = typer.Option(ModelName(_MODEL["model"]), help="network to train"),
     rule: ChunkRule = typer.Option(ChunkRule(_MODEL["rule"]), help="chunk rule of cmnrec (srmn writes memory "
                                    "at every event; the RNNs and pop have none)"),
@@ -186,14 +188,11 @@ def train(
         raise typer.BadParameter(f"must be >= 1, got {min_item_freq}", param_hint="--min-item-freq")
     if nproc < 1:
         raise typer.BadParameter(f"must be >= 1, got {nproc}", param_hint="--nproc")
-    if recipe not in RECIPE_CHOICES:
-        raise typer.BadParameter(f"expected one of {', '.join(RECIPE_CHOICES)}, got {recipe!r}",
-                                 param_hint="--recipe")
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise typer.BadParameter("already running under torchrun: leave --nproc out",
                                  param_hint="--nproc")
     data = load_dataset_source(dataset, min_item_freq=min_item_freq, seed=seed, cache_dir=cache_dir)
-    chosen = _chosen_recipe(recipe, data)
+    chosen = _chosen_recipe(recipe.value, data)
     values = _with_recipe(ctx, chosen, model.value, dict(
         epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
         warmup_steps=warmup_steps, sampled_softmax=sampled_softmax, weight_decay=weight_decay,
@@ -220,7 +219,7 @@ def train(
     console = Console()
     console.print(f"[bold]{config.model}[/] ({config.rule}) on {data.name}: {len(data.users)} "
                   f"users, {data.num_items - 1} items, {data.num_interactions} interactions; "
-                  f"recipe {chosen or 'none'}" + (" (auto)" if recipe == "auto" else ""))
+                  f"recipe {chosen or 'none'}" + (" (auto)" if recipe.value == "auto" else ""))
     source = dataset if dataset in BUILTIN_DATASETS else str(Path(dataset).resolve())
     info = {"source": source, "min_item_freq": min_item_freq, "seed": seed,
             "recipe": chosen or "none"}

@@ -10,13 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from model.config import ModelConfig
 from tests.training.toy_data import cyclic_dataset
 from training.checkpoint import load_run
 from training.metrics import metric_keys
 from training.predict import recommend
 from training.recipes import RECIPES
 from training.settings import TrainSettings
-from model.config import ModelConfig
 
 TINY = ["--embed-dim", "8", "--hidden-dim", "16", "--mem-width", "8", "--attn-dim", "8",
         "--block-len", "10", "--slots", "3", "--batch-size", "16", "--threads", "1",

@@ -93,7 +93,7 @@ def test_demo_trains_with_the_ml100k_recipe(movielens, tmp_path, model):
     options = DemoOptions(artifact=tmp_path / "art", run=tmp_path / "run", users=["1"], events=1,
                           n=5, threads=1, epochs=1, max_seconds=3.0, port=0,
                           keep_serving=False, model=model)
-    train_demo_model(options, Console(file=open(os.devnull, "w")))
+    train_demo_model(options, Console(quiet=True))
     metrics = read_metrics(tmp_path / "run")
     recipe = RECIPES["ml-100k"]
     assert metrics["config"]["model"] == model and metrics["dataset"]["recipe"] == "ml-100k"
