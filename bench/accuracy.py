@@ -8,7 +8,9 @@ every item ranked and once with the user's history masked, the published tables'
 
 Resumable: each (data set, model, seed) result is written to
 bench/results/accuracy/<data set>/<model>-seed<k>.json as soon as it finishes and a rerun skips it, so
-the table can be filled over several runs. After each run the summary (mean and standard deviation
+the table can be filled over several runs. A run cut off before it finishes (a session's end) leaves
+its training state in bench/results/accuracy_state/ after every epoch, and a rerun goes on from
+there, counting the time already spent against --max-seconds. After each run the summary (mean and standard deviation
 over the seeds present) is rewritten to bench/results/accuracy.json and bench/results/accuracy.md.
 ML-1M and Beauty are read from $CMNREC_DATA_DIR, else from ../shared/data (never copied here).
 
@@ -43,12 +45,16 @@ from training.recipes import Recipe
 from training.settings import LR_SCHEDULES, TrainSettings
 
 RUNS_DIR = RESULTS_DIR / "accuracy"
+# Training states of unfinished runs, so that a run longer than a session goes on where it stopped;
+# commit them with the results at the end of a session (a few MB each), removed when a run ends.
+STATE_DIR = RESULTS_DIR / "accuracy_state"
+BUDGET = 900.0  # seconds of training per run; a row trained with another budget says so (+<n>s)
 DATASETS = ("ml-100k", "ml-1m", "beauty")
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # The recipes of `cmnrec train` (training/recipes.py), with a full softmax and one rate for every
 # model: a row trained otherwise says so in its name (+sampled<K>, +lr<r>).
-RECIPES = {name: dataclasses.replace(recipe, sampled_softmax=0, model_lr=())
+RECIPES = {name: dataclasses.replace(recipe, sampled_softmax=0, model_lr=(), model_block_len=())
            for name, recipe in TRAINING_RECIPES.items()}
 
 # LRURec paper (Yue et al., WSDM 2024), Table 3, on exactly these splits, items of the input
@@ -121,13 +127,20 @@ def run_path(dataset: str, variant: str, seed: int) -> Path:
     return RUNS_DIR / dataset / f"{variant}-seed{seed}.json"
 
 
+def state_path(dataset: str, variant: str, seed: int) -> Path:
+    """The training state of an unfinished run (training/resume.py): a rerun goes on from it."""
+    return STATE_DIR / dataset / f"{variant}-seed{seed}.pt"
+
+
 def train_one(data: SequenceDataset, dataset: str, variant: Variant, seed: int,
               settings: TrainSettings) -> dict[str, Any]:
     from training.trainer import train_model
 
     config = variant.config(data.num_items, RECIPES[dataset])
     began = now_utc()
-    _, report = train_model(data, config, settings, progress=False)
+    state = state_path(dataset, variant.name, seed)
+    _, report = train_model(data, config, settings, progress=False, state_file=state)
+    state.unlink(missing_ok=True)  # the row below holds what is left to know (pop keeps none)
     return {
         "dataset": dataset, "name": variant.name, "model": variant.model, "rule": variant.rule,
         "slots": variant.slots, "seed": seed, "date": began, "finished": now_utc(),
@@ -287,7 +300,9 @@ def main(
     "pop,gru4rec,cmnrec-tsc-m4,sasrec",
     slots: Annotated[str, typer.Option(help="Values of M for SRMN and CmnRec.")] = "4",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
-    max_seconds: Annotated[float, typer.Option(min=1.0, help="Training time budget per run, s.")] = 900.0,
+    max_seconds: Annotated[float, typer.Option(
+        min=1.0, help="Training time budget per run, s (over all resumed parts; rows with "
+                      "another budget than 900 s are named <model>+<n>s).")] = BUDGET,
     threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
     data_dir: Annotated[Path | None, typer.Option(help="Directory holding ml-1m/ and beauty/ "
                                                       "(default $CMNREC_DATA_DIR, else ../shared/data).")] = None,
@@ -337,7 +352,8 @@ def main(
                   + (f"+lr{lr:g}" if lr is not None and lr != recipe.lr else "")
                   + (f"+d{dropout:g}" if dropout is not None and dropout != recipe.dropout else "")
                   + ("+tied" if tied else "") + (f"+T{block_len}" if block_len else "")
-                  + (f"+sampled{sampled_softmax}" if sampled_softmax else ""))
+                  + (f"+sampled{sampled_softmax}" if sampled_softmax else "")
+                  + (f"+{max_seconds:g}s" if max_seconds != BUDGET else ""))
         variants = [v if not suffix or v.model == "pop"
                     else dataclasses.replace(v, name=v.name + suffix, tied=tied,
                                              block_len=block_len, dropout=dropout)
@@ -356,7 +372,8 @@ def main(
                                      sampled_softmax=sampled_softmax,
                                      patience=recipe.patience, eval_every=recipe.eval_every,
                                      seed=seed, threads=threads, max_seconds=max_seconds)
-            typer.echo(f"{now_utc()} {dataset} {variant.name} seed {seed} ...", err=True)
+            resumed = " (resumed)" if state_path(dataset, variant.name, seed).exists() else ""
+            typer.echo(f"{now_utc()} {dataset} {variant.name} seed {seed}{resumed} ...", err=True)
             began = time.perf_counter()
             result = train_one(data, dataset, variant, seed, settings)
             path = run_path(dataset, variant.name, seed)

@@ -32,6 +32,11 @@ def main(
     batches_to_run: Annotated[int, typer.Option("--batches", min=1, help="Batches of the epoch to time "
                                                 "(the same first ones in every run).")] = 40,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    model_name: Annotated[str, typer.Option("--model", help="Network (cmnrec: TSC, M=4 with a "
+                                                             "--recipe).")] = "cmnrec",
+    recipe: Annotated[str | None, typer.Option(help="Sizes and dropout of a training recipe "
+                                                    "(ml-100k, ml-1m, beauty); default: the "
+                                                    "ModelConfig defaults.")] = None,
     threads: Annotated[int, typer.Option(min=1)] = 1,
     out: Annotated[Path, typer.Option(help="JSON results (records appended by label).")] =
     HERE / "results" / "train_cpu_epoch.json",
@@ -61,7 +66,14 @@ def main(
     trainable = np.flatnonzero(lengths >= 2)
     batches = [trainable[b] for b in length_sorted_batches(lengths[trainable], batch_size,
                                                            np.random.default_rng(0))]
-    config = ModelConfig(num_items=data.num_items)
+    if recipe is None:
+        config = ModelConfig(num_items=data.num_items, model=model_name)
+    else:
+        from training.recipes import RECIPES
+
+        memory = dict(rule="tsc", slots=4) if model_name == "cmnrec" else {}
+        config = ModelConfig(num_items=data.num_items, model=model_name, **memory,
+                             **RECIPES[recipe].model_fields(model_name))
     model = build_model(config)
     settings = TrainSettings(batch_size=batch_size, threads=threads)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
@@ -69,7 +81,7 @@ def main(
     wall, cpu = time.perf_counter(), time.process_time()
     with tqdm(disable=True) as bar:
         for rows in batches[:batches_to_run]:
-            _, seen, _ = train_epoch(model, optimizer, sequences, [rows], settings, bar, None)
+            seen = train_epoch(model, optimizer, sequences, [rows], settings, bar, None)[1]
             events += seen
             done += 1
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -97,9 +109,10 @@ def main(
                     f"{r['events_per_second']:,.0f} | {r['events_per_cpu_second']:,.0f} | "
                     f"{epoch / 60:.1f} min | {r['load_average_end'][0]:.1f} |")
     text = ("# CPU training pass, before and after (bench/train_cpu_epoch.py)\n\n"
-            f"{record['dataset']}, the first batches of a seeded epoch (batch {batch_size}, default "
-            f"cmnrec network), {threads} torch thread(s); epoch estimate = events per epoch / "
-            "events per CPU second.\n\n" + "\n".join(rows) + "\n")
+            f"{record['dataset']}, the first batches of a seeded epoch (batch {batch_size}, "
+            f"{model_name} with {f'the {recipe} recipe' if recipe else 'the default sizes'}), "
+            f"{threads} torch thread(s); epoch estimate = events per epoch / events per CPU "
+            "second.\n\n" + "\n".join(rows) + "\n")
     out.with_suffix(".md").write_text(text)
     typer.echo(text)
 

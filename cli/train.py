@@ -180,6 +180,12 @@ def train(
                                         "per-event step (reduce-overhead: CUDA graphs, CUDA only)"),
     nproc: int = typer.Option(1, help="data-parallel processes on this machine (DDP; one per GPU "
                               "on CUDA, gloo on CPU); or start this command under torchrun"),
+    resume: bool = typer.Option(False, help="go on from the training state that an interrupted "
+                                "or finished run left in --out (training_state.pt, saved after "
+                                "every epoch) with the same options; only --epochs, "
+                                "--max-seconds (the total over all parts), --patience, "
+                                "--threads and --eval-batch-size may change. Without it a run "
+                                "starts afresh. Single process only"),
 ) -> None:
     """Train a model, evaluate it (leave-one-out, full ranking) and write a run directory."""
     from training.pipeline import train_run
@@ -215,6 +221,8 @@ def train(
     if out is None:
         suffix = f"-{config.rule}" if config.model == "cmnrec" else ""
         out = Path("runs") / f"{data.name}-{config.model}{suffix}"
+    state_file = _training_state(out, resume, parallel=nproc > 1 or
+                                 int(os.environ.get("WORLD_SIZE", "1")) > 1)
 
     console = Console()
     console.print(f"[bold]{config.model}[/] ({config.rule}) on {data.name}: {len(data.users)} "
@@ -237,10 +245,14 @@ def train(
                       f"{saved['seconds_per_epoch']:.2f} s/epoch, {saved['parameters']:,} parameters")
         console.print(f"wrote {out / 'checkpoint.pt'} and {out / 'metrics.json'}")
         return
+    if state_file is not None and resume:
+        console.print(f"resuming from {state_file}")
     try:
-        result = train_run(data, config, settings, out, progress=progress, dataset_info=info)
+        result = train_run(data, config, settings, out, progress=progress, dataset_info=info,
+                           state_file=state_file)
     except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--dataset") from error
+        hint = "--resume" if str(error).startswith("resume:") else "--dataset"
+        raise typer.BadParameter(str(error), param_hint=hint) from error
     if not result.metrics:  # a torchrun rank other than 0: rank 0 reports and writes
         return
     report = result.report
@@ -251,6 +263,25 @@ def train(
     console.print(f"{report.epochs} epochs ({report.stopped}, best {report.best_epoch}), "
                   f"{report.seconds_per_epoch:.2f} s/epoch, {report.parameters:,} parameters")
     console.print(f"wrote {out / 'checkpoint.pt'} and {out / 'metrics.json'}")
+
+
+def _training_state(out: Path, resume: bool, parallel: bool) -> Optional[Path]:
+    """Where single-process training keeps its state (out/training_state.pt): read with --resume,
+    removed without it (a fresh run). None under data-parallel training, which keeps none."""
+    from training.resume import STATE_FILE
+
+    state = out / STATE_FILE
+    if parallel:
+        if resume:
+            raise typer.BadParameter("a training state is kept by single-process training only",
+                                     param_hint="--resume")
+        return None
+    if resume and not state.is_file():
+        raise typer.BadParameter(f"no {STATE_FILE} in {out}: nothing to resume (train without "
+                                 "--resume first)", param_hint="--resume")
+    if not resume:
+        state.unlink(missing_ok=True)
+    return state
 
 
 def _check_hardware(settings: TrainSettings, nproc: int) -> None:

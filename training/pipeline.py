@@ -26,8 +26,12 @@ class RunResult:
 
 
 def train_run(data: SequenceDataset, config: ModelConfig, settings: TrainSettings, out: Path, *,
-              dataset_info: dict[str, Any] | None = None, progress: bool = True) -> RunResult:
+              dataset_info: dict[str, Any] | None = None, progress: bool = True,
+              state_file: Path | None = None) -> RunResult:
     """Train `config` on `data`, evaluate it, write `out/checkpoint.pt` and `out/metrics.json`.
+
+    state_file: keep the training state there after every epoch and resume from it when it
+    exists (training/resume.py; `cmnrec train` keeps it as out/training_state.pt).
 
     metrics.json keys: `valid` / `test` rank every item; `seen_excluded.valid` /
     `seen_excluded.test` never rank an item the user interacted with before the target.
@@ -35,7 +39,7 @@ def train_run(data: SequenceDataset, config: ModelConfig, settings: TrainSetting
     rank 0 alone evaluates and writes; the other ranks return empty metrics. The returned model is
     on the CPU (trained and evaluated on settings.device).
     """
-    net, report = train_model(data, config, settings, progress=progress)
+    net, report = train_model(data, config, settings, progress=progress, state_file=state_file)
     if not distributed.from_environment().is_main:  # a data-parallel rank other than 0
         return RunResult(model=net.cpu(), report=report, metrics={}, out=Path(out))
     seen_excluded = report.seen_excluded

@@ -12,7 +12,8 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +30,9 @@ from training import distributed
 from training.device import (autocast, compile_steps, eager_steps, resolve_device, to_device,
                              uncompile)
 from training.evaluation import evaluate_protocols
+from training.loss import linear_cross_entropy
 from training.lr_schedule import LearningRate
+from training.resume import load_state, save_state
 from training.settings import TrainSettings
 
 EARLY_STOPPING_METRIC = "ndcg@10"  # on the validation targets
@@ -71,13 +74,23 @@ def _detached(state: Any) -> Any:
     return type(state)(*(f.detach() for f in state))
 
 
+class EpochResult(NamedTuple):
+    """What train_epoch did."""
+
+    loss: float  # mean loss per target
+    targets: int  # targets seen, over all ranks
+    stopped: bool  # cut short: out of time, or on_step said so
+    batches: int  # batches completed (one cut by on_step mid-batch does not count)
+
+
 def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
                 sequences: list[np.ndarray], batches: list[np.ndarray], settings: TrainSettings,
                 bar: tqdm, deadline: float | None,
                 cluster: distributed.Cluster = distributed.SINGLE,
-                on_step: Callable[[], bool] | None = None) -> tuple[float, int, bool]:
+                on_step: Callable[[], bool] | None = None) -> EpochResult:
     """One pass over the batches. Returns (mean loss per target, targets seen, stopped early: out
-    of time, or told to by on_step, which runs after every optimizer step: mid-epoch validation).
+    of time, or told to by on_step, which runs after every optimizer step: mid-epoch validation;
+    batches completed).
 
     model: the network, or its DDP wrapper when cluster.parallel; it runs on its parameters'
     device. batches: the global batches, sharded here by cluster.rank (training/distributed.py).
@@ -88,9 +101,12 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
     core.train()
     device = next(core.parameters()).device
     block = core.block_size
+    # The output layer and the loss in cache-sized slices (training/loss.py): on the CPU in fp32,
+    # one process (DDP must see the model's own forward to synchronise gradients).
+    fused = model is core and device.type == "cpu" and settings.precision == "fp32"
     total_loss = torch.zeros((), device=device)  # summed on the device: read once per epoch
     local_targets, total_targets = 0, 0
-    for rows in batches:
+    for done, rows in enumerate(batches):
         lengths = np.array([len(sequences[r]) for r in rows], dtype=np.int64)
         width = int(lengths.max()) - 1  # input positions of the longest user of the global batch
         mine = rows[cluster.rank::cluster.world]
@@ -111,17 +127,25 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
             y = targets[:active, start: start + block]  # [a, t], 0 where the row has ended
             if settings.compile == "reduce-overhead":  # a new step for the CUDA graph trees
                 torch.compiler.cudagraph_mark_step_begin()
-            with autocast(device, settings.precision):
-                if settings.sampled_softmax:
-                    candidates, y = sampled_candidates(y, core.config.num_items,
-                                                       settings.sampled_softmax)
+            candidates, ignore = None, PAD_ID
+            if settings.sampled_softmax:
+                candidates, y = sampled_candidates(y, core.config.num_items,
+                                                   settings.sampled_softmax)
+                ignore = IGNORE  # y indexes candidates
+            if fused:
+                features, state = core.run(x, state, first_pos=start)  # [a, t, F]
+                weight, bias = core.output_layer()
+                if candidates is not None:
+                    weight, bias = weight[candidates], bias[candidates]
+                projected = core.project(features)  # [a, t, d]
+                summed = linear_cross_entropy(projected.reshape(-1, projected.shape[-1]),
+                                              weight, bias, y.reshape(-1), ignore)
+            else:
+                with autocast(device, settings.precision):
+                    # [a, t, I], or [a, t, C] with candidates
                     logits, state = model(x, state, first_pos=start, candidates=candidates)
-                    ignore = IGNORE  # [a, t, C]; y indexes candidates
-                else:
-                    logits, state = model(x, state, first_pos=start)  # [a, t, I]
-                    ignore = PAD_ID
-                summed = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                         ignore_index=ignore, reduction="sum")
+                    summed = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             y.reshape(-1), ignore_index=ignore, reduction="sum")
             # the mean over the global batch's targets; DDP's mean over ranks undoes the factor
             loss = summed * (cluster.world / count)
             optimizer.zero_grad(set_to_none=True)
@@ -135,14 +159,17 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
             total_targets += count
             bar.update(count)
             if on_step is not None and on_step():
-                return float(total_loss) / max(local_targets, 1), total_targets, True
+                return EpochResult(float(total_loss) / max(local_targets, 1), total_targets, True,
+                                   done)
         if not bar.disable:  # one read-back per batch, only to show the running loss
             bar.set_postfix(loss=f"{float(total_loss) / max(local_targets, 1):.4f}",
                             refresh=False)
         late = deadline is not None and time.perf_counter() > deadline
         if deadline is not None and distributed.any_rank(late, cluster, device):
-            return float(total_loss) / max(local_targets, 1), total_targets, True
-    return float(total_loss) / max(local_targets, 1), total_targets, False
+            return EpochResult(float(total_loss) / max(local_targets, 1), total_targets, True,
+                               done + 1)
+    return EpochResult(float(total_loss) / max(local_targets, 1), total_targets, False,
+                       len(batches))
 
 
 IGNORE = -100  # the target index of padding positions under the sampled softmax
@@ -176,18 +203,23 @@ def _fit_popularity(model: PopularityRecommender, dataset: SequenceDataset,
 
 
 def train_model(dataset: SequenceDataset, config: ModelConfig, settings: TrainSettings,
-                progress: bool = True) -> tuple[SequentialRecommender, TrainReport]:
+                progress: bool = True,
+                state_file: str | Path | None = None) -> tuple[SequentialRecommender, TrainReport]:
     """Build the model of `config`, train it on `dataset`'s training histories, keep the epoch with
     the best validation NDCG@10, and evaluate it (leave-one-out, full ranking).
 
     Runs on settings.device; under torchrun (WORLD_SIZE > 1) as one rank of a data-parallel job
     (training/distributed.py), where only rank 0 evaluates: the other ranks' report has no metrics.
+    state_file: save the training state there after every epoch, and resume from it when it
+    exists (training/resume.py); not under torchrun, whose ranks each have their own RNG.
     Returns (model in eval mode with the best weights, on the training device; report).
     """
     if config.num_items != dataset.num_items:
         raise ValueError(f"num_items: config has {config.num_items}, data set has "
                          f"{dataset.num_items} (including padding)")
     cluster = distributed.from_environment()
+    if state_file is not None and cluster.world > 1:
+        raise ValueError("resume: a training state is kept by single-process training only")
     device = distributed.process_device(cluster, resolve_device(settings.device))
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
@@ -206,7 +238,7 @@ def train_model(dataset: SequenceDataset, config: ModelConfig, settings: TrainSe
             report = _fit_popularity(model, dataset, settings, cluster)
             return model.eval(), report
         report = _train_network(model, dataset, settings, rng, progress and cluster.is_main,
-                                cluster)
+                                cluster, None if state_file is None else Path(state_file))
         return model.eval(), report
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
@@ -265,16 +297,49 @@ class _Selection:
                        f"{'  (best)' if improved else ''}")
         return bool(self.settings.patience and self.without_gain >= self.settings.patience)
 
+    def snapshot(self) -> dict[str, Any]:
+        """What restore() needs to go on as if never stopped."""
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch,
+                "best_weights": self.best_weights, "without_gain": self.without_gain,
+                "history": self.history}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.best_score, self.best_epoch = saved["best_score"], saved["best_epoch"]
+        self.best_weights, self.without_gain = saved["best_weights"], saved["without_gain"]
+        self.history = list(saved["history"])
+
 
 def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
                    settings: TrainSettings, rng: np.random.Generator,
-                   progress: bool, cluster: distributed.Cluster = distributed.SINGLE) -> TrainReport:
+                   progress: bool, cluster: distributed.Cluster = distributed.SINGLE,
+                   state_file: Path | None = None) -> TrainReport:
     """Train with early stopping. Under DDP only rank 0 validates; its stop decisions are
-    broadcast (distributed.from_main), so every rank stops at the same step."""
-    began = time.perf_counter()
-    deadline = None if settings.max_seconds is None else began + settings.max_seconds
+    broadcast (distributed.from_main), so every rank stops at the same step.
+
+    state_file: where to save the training state after every epoch, and to resume from when it
+    exists (training/resume.py).
+    """
     device = next(model.parameters()).device
     optimizer = make_optimizer(model, settings)
+    selection = _Selection(model, dataset, settings, progress)
+    epoch_seconds: list[float] = []
+    steps, first_epoch, skip, spent = 0, 1, 0, 0.0
+    saved = None
+    if state_file is not None and Path(state_file).is_file():
+        saved = load_state(state_file, model.config, settings)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        selection.restore(saved["selection"])
+        steps, spent, epoch_seconds = saved["steps"], saved["seconds"], list(saved["epoch_seconds"])
+        torch.set_rng_state(saved["torch_rng"])
+        if saved["batches_done"] < saved["batches"]:  # cut short: finish that epoch's batches
+            rng.bit_generator.state = saved["rng_epoch_start"]
+            first_epoch, skip = saved["epoch"], saved["batches_done"]
+        else:
+            rng.bit_generator.state = saved["rng"]
+            first_epoch = saved["epoch"] + 1
+    began = time.perf_counter() - spent  # the budget and the rate count the resumed parts too
+    deadline = None if settings.max_seconds is None else began + settings.max_seconds
     trained = distributed.wrap(compile_steps(model, settings.compile), cluster, device)
     sequences = training_windows(model, dataset)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
@@ -288,11 +353,16 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
                                                             settings.batch_size * cluster.world))
     rate = LearningRate(optimizer, settings, total_steps=steps_per_epoch * settings.epochs,
                         began=began, use_clock=cluster.world == 1)
-    rate.update(0)
+    rate.update(steps)
 
-    selection = _Selection(model, dataset, settings, progress)
-    stopped, epoch_seconds, steps, epoch = "completed", [], 0, 0
-    patience_out = False
+    stopped, epoch = "completed", saved["epoch"] if saved else 0
+    # a run that stopped early stays stopped unless it is resumed with more patience
+    patience_out = bool(saved and saved["stopped"] == "early_stopping" and settings.patience
+                        and selection.without_gain >= settings.patience)
+    if patience_out or (saved and settings.max_seconds is not None
+                        and spent >= settings.max_seconds):
+        stopped = "early_stopping" if patience_out else "max_seconds"
+        first_epoch = settings.epochs + 1  # nothing left to train: evaluate the kept weights
 
     def validate(record: dict[str, Any]) -> bool:
         """Rank 0 validates (with the eager steps); every rank follows its decision."""
@@ -310,17 +380,22 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
             patience_out = validate({"complete": False, "lr": settings.lr * rate.last_factor})
         return patience_out
 
-    for epoch in range(1, settings.epochs + 1):
+    for epoch in range(first_epoch, settings.epochs + 1):
         # the same global batches on every rank; each trains its shard of every batch
+        rng_epoch_start = rng.bit_generator.state
         batches = [trainable[b] for b in length_sorted_batches(
             lengths[trainable], settings.batch_size * cluster.world, rng)]
+        first, skip = skip, 0
         epoch_began = time.perf_counter()
         with tqdm(total=targets_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", unit="ev",
                   unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True) as bar:
-            loss, seen, cut_short = train_epoch(trained, optimizer, sequences, batches, settings,
-                                                bar, deadline, cluster, on_step)
+            loss, seen, cut_short, done = train_epoch(trained, optimizer, sequences,
+                                                      batches[first:], settings, bar, deadline,
+                                                      cluster, on_step)
+        done += first
+        cut_short = done < len(batches)
         seconds = time.perf_counter() - epoch_began
-        if not cut_short or not epoch_seconds:  # a cut-short epoch is no epoch's timing
+        if not cut_short and not first or not epoch_seconds:  # a cut epoch is no epoch's timing
             epoch_seconds.append(seconds)
         record = {"loss": loss, "seconds": seconds, "events": seen,
                   "lr": settings.lr * rate.last_factor,
@@ -331,12 +406,21 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
             selection.history[-1].update(record)
         if progress:
             tqdm.write(f"epoch {epoch}: loss {loss:.4f}  {seen / max(seconds, 1e-9):,.0f} events/s")
+        late = deadline is not None and time.perf_counter() > deadline
         if patience_out:
             stopped = "early_stopping"
-            break
-        late = deadline is not None and time.perf_counter() > deadline
-        if deadline is not None and distributed.any_rank(late, cluster, device):
+        elif deadline is not None and distributed.any_rank(late, cluster, device):
             stopped = "max_seconds"
+        if state_file is not None and cluster.is_main:
+            save_state(state_file, {
+                "config": model.config.to_dict(), "settings": settings.to_dict(),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "selection": selection.snapshot(), "epoch": epoch, "batches": len(batches),
+                "batches_done": done, "steps": steps, "epoch_seconds": epoch_seconds,
+                "seconds": time.perf_counter() - began, "torch_rng": torch.get_rng_state(),
+                "rng_epoch_start": rng_epoch_start, "rng": rng.bit_generator.state,
+                "stopped": stopped if stopped != "completed" else None})
+        if stopped != "completed":
             break
 
     uncompile(model)
@@ -346,6 +430,7 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
             if cluster.is_main else {"all": {}, "seen_excluded": {}})
     return TrainReport(metrics=both["all"], seen_excluded=both["seen_excluded"],
                        history=selection.history, best_epoch=selection.best_epoch,
-                       epochs=epoch, steps=steps, seconds_per_epoch=float(np.mean(epoch_seconds)),
+                       epochs=epoch, steps=steps,
+                       seconds_per_epoch=float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
                        train_seconds=time.perf_counter() - began,
                        parameters=count_parameters(model), stopped=stopped)

@@ -169,9 +169,39 @@ def test_recipe_none_keeps_the_defaults_and_a_named_recipe_applies(trained_run, 
     assert metrics["settings"]["sampled_softmax"] == RECIPES["beauty"].sampled_softmax
     assert metrics["settings"]["batch_size"] == RECIPES["beauty"].batch_size
     assert metrics["settings"]["lr"] == dict(RECIPES["beauty"].model_lr)["cmnrec"]
+    assert metrics["config"]["block_len"] == dict(RECIPES["beauty"].model_block_len)["cmnrec"]
     bad = _invoke("train", "--dataset", csv_path, "--recipe", "imdb", "--out", tmp_path / "x")
     assert bad.exit_code == 2 and "--recipe" in bad.output
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_goes_on_from_the_saved_state_and_refuses_another_training(trained_run,
+                                                                           tmp_path) -> None:
+    """Two epochs, then --resume with --epochs 3: one more epoch on top of the saved state; the
+    same three epochs in one go give the same metrics. Bad resumes name --resume."""
+    _, csv_path = trained_run
+    common = ["train", "--dataset", csv_path, "--model", "gru4rec", "--seed", "1",
+              "--patience", "0", *TINY]
+    nothing = _invoke(*common, "--epochs", "3", "--resume", "--out", tmp_path / "none")
+    assert nothing.exit_code == 2 and "--resume" in nothing.output
+    assert "no training_state.pt" in nothing.output
+    whole = _invoke(*common, "--epochs", "3", "--out", tmp_path / "whole")
+    assert whole.exit_code == 0, whole.output
+    assert (tmp_path / "whole" / "training_state.pt").is_file()
+    parts = tmp_path / "parts"
+    assert _invoke(*common, "--epochs", "2", "--out", parts).exit_code == 0
+    resumed = _invoke(*common, "--epochs", "3", "--resume", "--out", parts)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming from" in resumed.output
+    first = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    second = json.loads((parts / "metrics.json").read_text())
+    assert second["epochs"] == 3 and len(second["history"]) == 3
+    assert (second["test"], second["steps"]) == (first["test"], first["steps"])
+    other = _invoke(*common, "--epochs", "4", "--lr", "0.05", "--resume", "--out", parts)
+    assert other.exit_code == 2 and "--resume" in other.output and "lr=" in other.output
+    fresh = _invoke(*common, "--epochs", "1", "--out", parts)  # no --resume: starts afresh
+    assert fresh.exit_code == 0, fresh.output
+    assert json.loads((parts / "metrics.json").read_text())["epochs"] == 1
 
 
 def test_missing_run_and_missing_dataset_are_named(tmp_path) -> None:

@@ -89,7 +89,7 @@ def test_bf16_autocast_loss_is_close_to_fp32_and_weights_stay_fp32() -> None:
     losses = {}
     for precision in ("fp32", "bf16"):
         settings = TrainSettings(precision=precision, clip_norm=0.0)
-        losses[precision], _, _ = train_epoch(model, frozen, sequences, batches, settings,
+        losses[precision], _, _, _ = train_epoch(model, frozen, sequences, batches, settings,
                                               tqdm(disable=True), None)
     assert np.isfinite(losses["bf16"])
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=2e-2)

@@ -47,7 +47,7 @@ def _rank(out: str) -> None:
     try:
         model, optimizer, sequences, batches = _setup()
         wrapped = distributed.wrap(model, cluster, torch.device("cpu"))
-        loss, seen, _ = train_epoch(wrapped, optimizer, sequences, batches, SETTINGS,
+        loss, seen, _, _ = train_epoch(wrapped, optimizer, sequences, batches, SETTINGS,
                                     tqdm(disable=True), None, cluster)
         torch.save({"weights": model.state_dict(), "seen": seen},
                    Path(out) / f"rank{cluster.rank}.pt")
@@ -61,7 +61,7 @@ def test_two_gloo_ranks_take_the_one_process_step(tmp_path) -> None:
 
     model, optimizer, sequences, batches = _setup()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    _, seen, _ = train_epoch(model, optimizer, sequences, batches, SETTINGS, tqdm(disable=True),
+    _, seen, _, _ = train_epoch(model, optimizer, sequences, batches, SETTINGS, tqdm(disable=True),
                              None)
     assert ranks[0]["seen"] == ranks[1]["seen"] == seen  # the global count of targets
     moved = 0

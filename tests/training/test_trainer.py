@@ -53,8 +53,8 @@ def test_blockwise_batched_loss_equals_the_step_by_step_loss(model_name, rule) -
     settings = TrainSettings(clip_norm=0.0)
     for batch_size in (1, 4, 100):
         batches = [trainable[b] for b in length_sorted_batches(lengths[trainable], batch_size)]
-        loss, targets, out_of_time = train_epoch(model, frozen, sequences, batches, settings,
-                                                 tqdm(disable=True), deadline=None)
+        loss, targets, out_of_time, _ = train_epoch(model, frozen, sequences, batches, settings,
+                                                    tqdm(disable=True), deadline=None)
         assert targets == int((lengths[trainable] - 1).sum())
         assert not out_of_time
         assert loss == pytest.approx(expected, rel=1e-5)
