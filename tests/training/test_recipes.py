@@ -42,6 +42,13 @@ def test_a_recipe_can_give_one_model_its_own_rate() -> None:
     assert beauty.train_fields("lrurec")["lr"] == beauty.train_fields()["lr"] == beauty.lr
 
 
+def test_a_recipe_can_give_one_model_its_own_block_length() -> None:
+    beauty = RECIPES["beauty"]
+    assert beauty.model_fields("cmnrec")["block_len"] == dict(beauty.model_block_len)["cmnrec"]
+    assert dict(beauty.model_block_len)["cmnrec"] != beauty.block_len
+    assert beauty.model_fields("gru4rec")["block_len"] == beauty.block_len
+
+
 def test_only_the_large_catalogue_recipe_samples_the_softmax() -> None:
     assert RECIPES["beauty"].sampled_softmax > 0
     assert RECIPES["ml-100k"].sampled_softmax == RECIPES["ml-1m"].sampled_softmax == 0
@@ -50,7 +57,8 @@ def test_only_the_large_catalogue_recipe_samples_the_softmax() -> None:
 def test_the_bench_trains_with_the_cli_recipes_and_names_a_sampled_softmax() -> None:
     assert set(BENCH_RECIPES) == set(RECIPES)
     for name, recipe in RECIPES.items():
-        assert BENCH_RECIPES[name] == dataclasses.replace(recipe, sampled_softmax=0, model_lr=())
+        assert BENCH_RECIPES[name] == dataclasses.replace(recipe, sampled_softmax=0, model_lr=(),
+                                                          model_block_len=())
     config = Variant("cmnrec-tsc-m4", "cmnrec", "tsc", 4).config(500, BENCH_RECIPES["ml-1m"])
     assert (config.embed_dim, config.hidden_dim, config.mem_width, config.attn_dim) == (64, 128, 64, 32)
     assert config.dropout == RECIPES["ml-1m"].dropout and config.slots == 4
