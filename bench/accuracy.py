@@ -323,6 +323,8 @@ def main(
     lr: Annotated[float | None, typer.Option(
         min=1e-6, help="Learning rate instead of the recipe's (rows named "
                        "<model>+lr<rate>).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        min=1, help="Users per batch instead of the recipe's (rows named <model>+b<n>).")] = None,
     dropout: Annotated[float | None, typer.Option(
         min=0.0, max=0.99, help="Dropout instead of the recipe's (rows named <model>+d<p>).")] = None,
 ) -> None:
@@ -351,6 +353,7 @@ def main(
         suffix = ((f"+{schedule}" if schedule != recipe.lr_schedule else "")
                   + (f"+lr{lr:g}" if lr is not None and lr != recipe.lr else "")
                   + (f"+d{dropout:g}" if dropout is not None and dropout != recipe.dropout else "")
+                  + (f"+b{batch_size}" if batch_size and batch_size != recipe.batch_size else "")
                   + ("+tied" if tied else "") + (f"+T{block_len}" if block_len else "")
                   + (f"+sampled{sampled_softmax}" if sampled_softmax else "")
                   + (f"+{max_seconds:g}s" if max_seconds != BUDGET else ""))
@@ -365,7 +368,8 @@ def main(
             continue
         data = load_benchmark_dataset(dataset, data_dir)
         for variant, seed in todo:
-            settings = TrainSettings(epochs=recipe.epochs, batch_size=recipe.batch_size,
+            settings = TrainSettings(epochs=recipe.epochs,
+                                     batch_size=batch_size or recipe.batch_size,
                                      lr=lr if lr is not None else recipe.lr,
                                      weight_decay=recipe.weight_decay,
                                      lr_schedule=schedule, warmup_steps=warmup,
