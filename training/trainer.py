@@ -278,7 +278,7 @@ class _Selection:
     def validate(self, epoch: int, step: int, record: dict[str, Any]) -> bool:
         """Validate now; returns True when patience has run out."""
         both = evaluate_protocols(self.model, self.dataset,
-                                  batch_size=self.settings.eval_batch_size)
+                                  batch_size=self.settings.eval_batch_size, splits=("valid",))
         self.model.train()
         valid = both["all"]["valid"]
         score = valid[EARLY_STOPPING_METRIC]

@@ -101,6 +101,27 @@ def test_batched_blockwise_ranks_equal_a_step_by_step_reference(model_name, rule
     assert ranks["test"].tolist() == reference["test"]
 
 
+@pytest.mark.parametrize("model_name,rule", [("cmnrec", "tsc"), ("sasrec", "none")])
+def test_ranking_the_validation_targets_alone_gives_their_ranks(model_name, rule) -> None:
+    """Training validates with splits=("valid",) (no test scores, one event less to run): the
+    validation ranks are those of the full evaluation, under both protocols, with block
+    boundaries falling on the validation positions (block_len 5, histories of 3 to 27 events)."""
+    torch.manual_seed(4)
+    data = cyclic_dataset(users=23, items=12, min_len=3, max_len=27, seed=6)
+    config = ModelConfig(num_items=data.num_items, model=model_name, rule=rule, embed_dim=6,
+                         hidden_dim=8, mem_width=5, attn_dim=4, block_len=5, slots=2, heads=2,
+                         max_len=27, tied=model_name == "sasrec")
+    model = build_model(config).eval()
+    full = protocol_ranks(model, data, batch_size=4)
+    valid = protocol_ranks(model, data, batch_size=4, splits=("valid",))
+    for protocol in ("all", "seen_excluded"):
+        assert set(valid[protocol]) == {"valid"}
+        assert valid[protocol]["valid"].tolist() == full[protocol]["valid"].tolist()
+    assert set(evaluate_protocols(model, data, splits=("valid",))["all"]) == {"valid"}
+    with pytest.raises(ValueError, match="splits"):
+        protocol_ranks(model, data, splits=("train",))
+
+
 def test_exclude_seen_never_ranks_a_seen_item_above_the_target() -> None:
     # A user who repeats item 1 forever: popularity ranks 1 first; excluding seen items drops it.
     data = counting_dataset([6])
