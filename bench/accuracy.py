@@ -46,7 +46,9 @@ from training.settings import LR_SCHEDULES, TrainSettings
 
 RUNS_DIR = RESULTS_DIR / "accuracy"
 # Training states of unfinished runs, so that a run longer than a session goes on where it stopped;
-# commit them with the results at the end of a session (a few MB each), removed when a run ends.
+# removed when a run ends. ML-1M states are 6-10 MB: commit them at the end of a session to go on
+# in the next. A Beauty state is about 120 MB (two 57k x 64 matrices, their Adam moments and best
+# copies): too large to commit, so Beauty runs finish within a session.
 STATE_DIR = RESULTS_DIR / "accuracy_state"
 BUDGET = 900.0  # seconds of training per run; a row trained with another budget says so (+<n>s)
 DATASETS = ("ml-100k", "ml-1m", "beauty")

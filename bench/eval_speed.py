@@ -13,6 +13,7 @@ The code is imported from --tree (default this checkout), so an older commit unp
 """
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -63,12 +64,11 @@ def main(
             began, cpu = time.perf_counter(), time.process_time()
             evaluate_protocols(model, data, batch_size=batch_size)
             seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
-            try:  # what training validates after every epoch (this tree's trainer)
-                valid_cpu = time.process_time()
+            valid_cpu = cpu  # a tree from before `splits` validated with both splits
+            if "splits" in inspect.signature(evaluate_protocols).parameters:
+                valid_cpu = time.process_time()  # what this tree's training validates per epoch
                 evaluate_protocols(model, data, batch_size=batch_size, splits=("valid",))
                 valid_cpu = time.process_time() - valid_cpu
-            except TypeError:  # a tree from before `splits`: it validated with both splits
-                valid_cpu = cpu
             rows.append({"dataset": dataset, "model": name, "users": infos[-1]["evaluated_users"],
                          "seconds": seconds, "cpu_seconds": cpu,
                          "validation_cpu_seconds": valid_cpu})

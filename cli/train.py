@@ -271,17 +271,17 @@ def _training_state(out: Path, resume: bool, parallel: bool) -> Optional[Path]:
     from training.resume import STATE_FILE
 
     state = out / STATE_FILE
-    if parallel:
-        if resume:
-            raise typer.BadParameter("a training state is kept by single-process training only",
-                                     param_hint="--resume")
-        return None
+    if parallel and resume:
+        raise typer.BadParameter("a training state is kept by single-process training only",
+                                 param_hint="--resume")
     if resume and not state.is_file():
         raise typer.BadParameter(f"no {STATE_FILE} in {out}: nothing to resume (train without "
                                  "--resume first)", param_hint="--resume")
-    if not resume:
-        state.unlink(missing_ok=True)
-    return state
+    if not resume and state.is_file():  # a fresh run: an older state would not match it
+        state.unlink()
+        Console(stderr=True).print(f"starting afresh: removed the training state of an earlier "
+                                   f"run in {out} (--resume goes on from such a state)")
+    return None if parallel else state
 
 
 def _check_hardware(settings: TrainSettings, nproc: int) -> None:

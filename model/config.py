@@ -58,6 +58,10 @@ class ModelConfig:
         if self.tied and self.projection_dim != self.embed_dim:
             raise ValueError(f"tied: the output layer reuses the item embeddings, so out_dim must "
                              f"equal embed_dim={self.embed_dim}, got {self.out_dim}")
+        if self.model == "sasrec" and self.max_len < 2:
+            # the validation prediction reads the window before the last input event
+            raise ValueError(f"max_len: sasrec needs a window of at least 2 events, got "
+                             f"{self.max_len}")
         if self.model == "sasrec" and self.embed_dim % self.heads:
             raise ValueError(f"heads: {self.heads} does not divide embed_dim={self.embed_dim}")
         if not 0.0 <= self.dropout < 1.0:

@@ -17,7 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 ROWS_PER_SLICE = 256  # 256 × 3,417 floats = 3.5 MB of logits: in cache, still large matrix products
 
@@ -50,6 +52,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         grad_features, grad_weight, grad_bias = ctx.saved_tensors
         return grad_features * grad, grad_weight * grad, grad_bias * grad, None, None, None
@@ -61,7 +64,12 @@ def linear_cross_entropy(features: Tensor, weight: Tensor, bias: Tensor, targets
 
     features: [N, d] h; weight: [C, d] W; bias: [C] b; targets: [N] indices into C, ignore_index
     where a position has no target. Returns the summed loss (a scalar); its backward gives the
-    gradients of features, weight and bias. Computes the gradients in the forward pass: use it
-    where the loss is back-propagated (training), in fp32.
+    gradients of features, weight and bias (once: no double backward). The gradients are
+    computed in the forward pass; where no gradient is wanted (no_grad, or no input requires
+    one) the plain F.linear + F.cross_entropy runs instead.
     """
+    if not (torch.is_grad_enabled()
+            and any(t.requires_grad for t in (features, weight, bias))):
+        return F.cross_entropy(F.linear(features, weight, bias), targets,
+                               ignore_index=ignore_index, reduction="sum")
     return _LinearCrossEntropy.apply(features, weight, bias, targets, ignore_index, rows)

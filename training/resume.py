@@ -10,14 +10,23 @@ with one extra validation record where it was cut.
 
 A long benchmark (hours of CPU) can so be spread over sessions of a few hours, and a preempted
 `cmnrec train` (`--resume`) loses at most one epoch. Only the horizon may change on resume: epochs,
-max_seconds (the total training time over all resumed parts), patience; and what does not change
-the arithmetic: threads, eval_batch_size.
+max_seconds (the total training time over all resumed parts), patience; and threads and
+eval_batch_size. Exactly as an uninterrupted run holds only with the same threads (CPU reductions
+depend on them) and the same horizon where the rate decays (a cosine or linear schedule spans
+epochs or max_seconds: extending a finished run restarts the rate from where the longer schedule
+would be). A validation at a budget cut is not one an uninterrupted run makes: its record is kept
+in the history, but the resumed run goes on with the best weights and the count of validations
+without gain from before it. One exception to exactness: a run stopped early by a validation in
+the middle of a batch (--eval-every) and resumed with more patience starts that batch again.
+The data are checked by a fingerprint of the training sequences.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from model.config import ModelConfig
@@ -27,6 +36,16 @@ STATE_FILE = "training_state.pt"
 FORMAT = 1
 # TrainSettings fields a resumed run may change; every other field must match the saved run.
 RESUMABLE_CHANGES = frozenset({"epochs", "max_seconds", "patience", "threads", "eval_batch_size"})
+
+
+def data_fingerprint(sequences: list[np.ndarray]) -> str:
+    """SHA-256 of the training sequences (item ids and lengths): a resumed run trains on the
+    same data, not on a changed log that happens to have as many items."""
+    digest = hashlib.sha256()
+    for sequence in sequences:
+        digest.update(np.int64(len(sequence)).tobytes())
+        digest.update(np.ascontiguousarray(sequence, dtype=np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def save_state(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -39,14 +58,19 @@ def save_state(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def load_state(path: str | Path, config: ModelConfig, settings: TrainSettings) -> dict[str, Any]:
-    """The saved state, after checking it belongs to this model and training.
+def load_state(path: str | Path, config: ModelConfig, settings: TrainSettings,
+               fingerprint: str) -> dict[str, Any]:
+    """The saved state, after checking it belongs to this model, training and data
+    (`fingerprint`: data_fingerprint of the training sequences).
 
     Raises ValueError ("resume: ...") naming the first field that differs.
     """
     payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     if payload.get("format") != FORMAT:
         raise ValueError(f"resume: {path} is not a training state of format {FORMAT}")
+    if payload.get("data", fingerprint) != fingerprint:  # states saved before the check: none
+        raise ValueError(f"resume: {path} was trained on other data (the training sequences "
+                         "differ)")
     saved_config, saved_settings = payload["config"], payload["settings"]
     for name, value in config.to_dict().items():
         if saved_config.get(name) != value:

@@ -32,7 +32,7 @@ from training.device import (autocast, compile_steps, eager_steps, resolve_devic
 from training.evaluation import evaluate_protocols
 from training.loss import linear_cross_entropy
 from training.lr_schedule import LearningRate
-from training.resume import load_state, save_state
+from training.resume import data_fingerprint, load_state, save_state
 from training.settings import TrainSettings
 
 EARLY_STOPPING_METRIC = "ndcg@10"  # on the validation targets
@@ -87,13 +87,16 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
                 sequences: list[np.ndarray], batches: list[np.ndarray], settings: TrainSettings,
                 bar: tqdm, deadline: float | None,
                 cluster: distributed.Cluster = distributed.SINGLE,
-                on_step: Callable[[], bool] | None = None) -> EpochResult:
+                on_step: Callable[[], bool] | None = None,
+                fused: bool | None = None) -> EpochResult:
     """One pass over the batches. Returns (mean loss per target, targets seen, stopped early: out
     of time, or told to by on_step, which runs after every optimizer step: mid-epoch validation;
     batches completed).
 
     model: the network, or its DDP wrapper when cluster.parallel; it runs on its parameters'
     device. batches: the global batches, sharded here by cluster.rank (training/distributed.py).
+    fused: the output layer and the loss in slices (training/loss.py); None: where it pays, on the
+    CPU in fp32 and one process (DDP must see the model's own forward to synchronise gradients).
     Per batch, the padded users go to the device in one copy; per block, nothing is read back on
     the host (target counts come from the host-side lengths, the loss is summed on the device).
     """
@@ -101,9 +104,8 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
     core.train()
     device = next(core.parameters()).device
     block = core.block_size
-    # The output layer and the loss in cache-sized slices (training/loss.py): on the CPU in fp32,
-    # one process (DDP must see the model's own forward to synchronise gradients).
-    fused = model is core and device.type == "cpu" and settings.precision == "fp32"
+    if fused is None:
+        fused = model is core and device.type == "cpu" and settings.precision == "fp32"
     total_loss = torch.zeros((), device=device)  # summed on the device: read once per epoch
     local_targets, total_targets = 0, 0
     for done, rows in enumerate(batches):
@@ -301,7 +303,7 @@ class _Selection:
         """What restore() needs to go on as if never stopped."""
         return {"best_score": self.best_score, "best_epoch": self.best_epoch,
                 "best_weights": self.best_weights, "without_gain": self.without_gain,
-                "history": self.history}
+                "history": list(self.history)}
 
     def restore(self, saved: dict[str, Any]) -> None:
         self.best_score, self.best_epoch = saved["best_score"], saved["best_epoch"]
@@ -322,16 +324,20 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
     device = next(model.parameters()).device
     optimizer = make_optimizer(model, settings)
     selection = _Selection(model, dataset, settings, progress)
+    sequences = training_windows(model, dataset)
+    fingerprint = data_fingerprint(sequences)
     epoch_seconds: list[float] = []
     steps, first_epoch, skip, spent = 0, 1, 0, 0.0
     saved = None
     if state_file is not None and Path(state_file).is_file():
-        saved = load_state(state_file, model.config, settings)
+        saved = load_state(state_file, model.config, settings, fingerprint)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         selection.restore(saved["selection"])
         steps, spent, epoch_seconds = saved["steps"], saved["seconds"], list(saved["epoch_seconds"])
         torch.set_rng_state(saved["torch_rng"])
+        if saved.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         if saved["batches_done"] < saved["batches"]:  # cut short: finish that epoch's batches
             rng.bit_generator.state = saved["rng_epoch_start"]
             first_epoch, skip = saved["epoch"], saved["batches_done"]
@@ -341,7 +347,6 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
     began = time.perf_counter() - spent  # the budget and the rate count the resumed parts too
     deadline = None if settings.max_seconds is None else began + settings.max_seconds
     trained = distributed.wrap(compile_steps(model, settings.compile), cluster, device)
-    sequences = training_windows(model, dataset)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     trainable = np.flatnonzero(lengths >= 2)  # a user needs two events for one prediction
     if trainable.size == 0:
@@ -400,6 +405,7 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
         record = {"loss": loss, "seconds": seconds, "events": seen,
                   "lr": settings.lr * rate.last_factor,
                   "events_per_second": seen / max(seconds, 1e-9), "complete": not cut_short}
+        before_validation = selection.snapshot()
         if not patience_out:
             patience_out = validate(record)
         elif selection.history:
@@ -412,12 +418,19 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
         elif deadline is not None and distributed.any_rank(late, cluster, device):
             stopped = "max_seconds"
         if state_file is not None and cluster.is_main:
+            kept = selection.snapshot()
+            if cut_short and stopped == "max_seconds":
+                # An uninterrupted run does not validate here: resume with the record it would
+                # have (best weights, validations without gain); the cut's record stays as a note.
+                kept = {**before_validation, "history": kept["history"]}
             save_state(state_file, {
                 "config": model.config.to_dict(), "settings": settings.to_dict(),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "selection": selection.snapshot(), "epoch": epoch, "batches": len(batches),
-                "batches_done": done, "steps": steps, "epoch_seconds": epoch_seconds,
-                "seconds": time.perf_counter() - began, "torch_rng": torch.get_rng_state(),
+                "data": fingerprint, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "selection": kept, "epoch": epoch,
+                "batches": len(batches), "batches_done": done, "steps": steps,
+                "epoch_seconds": epoch_seconds, "seconds": time.perf_counter() - began,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                 "rng_epoch_start": rng_epoch_start, "rng": rng.bit_generator.state,
                 "stopped": stopped if stopped != "completed" else None})
         if stopped != "completed":

@@ -68,6 +68,7 @@ def test_tied_output_scores_with_the_item_embeddings() -> None:
     (dict(model="sasrec", embed_dim=8, heads=3), "heads: 3 does not divide embed_dim=8"),
     (dict(model="gru4rec", embed_dim=8, out_dim=4, tied=True), "tied: .* out_dim must equal"),
     (dict(model="sasrec", max_len=0), "max_len: must be >= 1"),
+    (dict(model="sasrec", max_len=1), "max_len: sasrec needs a window of at least 2"),
 ])
 def test_bad_configs_are_refused(fields, message) -> None:
     with pytest.raises(ValueError, match=message):

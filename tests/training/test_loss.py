@@ -40,3 +40,45 @@ def test_no_target_gives_zero_loss_and_zero_gradients() -> None:
     loss.backward()
     assert loss.item() == 0.0
     assert not h.grad.any() and not w.grad.any() and not b.grad.any()
+
+
+@pytest.mark.parametrize("model_name,sampled", [("cmnrec", 0), ("cmnrec", 5), ("sasrec", 0),
+                                                ("lrurec", 5)])
+def test_a_training_pass_with_the_fused_loss_equals_one_without(model_name, sampled) -> None:
+    """The same updates with and without the fused output layer: dropout masks and sampled
+    negatives are drawn in the same order; a tied output (SASRec) and a sampled softmax's
+    gathered rows get their gradients through it."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from data.split import training_sequences
+    from model.config import ModelConfig
+    from model.network import build_model
+    from tests.training.toy_data import cyclic_dataset
+    from training.batching import length_sorted_batches
+    from training.settings import TrainSettings
+    from training.trainer import train_epoch
+
+    data = cyclic_dataset(users=20, items=15, min_len=3, max_len=26, seed=1)
+    sequences = training_sequences(data)
+    lengths = np.array([len(s) for s in sequences])
+    trainable = np.flatnonzero(lengths >= 2)
+    batches = [trainable[b] for b in length_sorted_batches(lengths[trainable], 6)]
+    config = ModelConfig(num_items=data.num_items, model=model_name, embed_dim=8, hidden_dim=16,
+                         mem_width=8, attn_dim=8, block_len=10, slots=3, layers=1, heads=2,
+                         rule="tsc" if model_name == "cmnrec" else "none", dropout=0.3,
+                         max_len=30, tied=model_name == "sasrec")
+    settings = TrainSettings(sampled_softmax=sampled)
+    weights, losses = {}, {}
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = build_model(config)
+        # SGD: Adam would blow float noise up to full steps where a gradient is ~0 in theory
+        # (the key bias of self-attention)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        result = train_epoch(model, optimizer, sequences, batches, settings, tqdm(disable=True),
+                             deadline=None, fused=fused)
+        weights[fused], losses[fused] = model.state_dict(), result.loss
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    for name, value in weights[True].items():
+        assert torch.allclose(value, weights[False][name], rtol=1e-4, atol=1e-5), name

@@ -61,15 +61,19 @@ def test_training_resumed_after_an_epoch_equals_uninterrupted_training(tmp_path,
     _assert_same_optimizer(a["optimizer"], b["optimizer"])
 
 
-def test_an_epoch_cut_by_the_time_budget_resumes_at_the_batch_where_it_stopped(tmp_path) -> None:
+@pytest.mark.parametrize("patience", [0, 1])
+def test_an_epoch_cut_by_the_time_budget_resumes_at_the_batch_where_it_stopped(tmp_path,
+                                                                               patience) -> None:
     """The budget ends after the first batch of epoch 2; the resumed run trains the rest of that
-    epoch's batches, in the same order, then epoch 3: the last weights equal an uncut run's."""
+    epoch's batches, in the same order, then epoch 3: the last weights equal an uncut run's. The
+    validation at the cut is kept as a record only: early stopping and the kept weights go on as
+    in the uncut run (patience 1 makes one extra validation without gain decisive)."""
     data = cyclic_dataset(users=40, items=20, min_len=3, max_len=25, seed=5)
     config = ModelConfig(num_items=data.num_items, model="cmnrec", rule="pec", dropout=0.2,
                          **TINY)
-    settings = TrainSettings(epochs=3, batch_size=8, seed=1, patience=0)
+    settings = TrainSettings(epochs=3, batch_size=8, seed=1, patience=patience)
     whole = tmp_path / "whole" / STATE_FILE
-    train_model(data, config, settings, progress=False, state_file=whole)
+    uncut_model, uncut = train_model(data, config, settings, progress=False, state_file=whole)
     cut = tmp_path / "cut" / STATE_FILE
     train_model(data, config, dataclasses.replace(settings, epochs=1), progress=False,
                 state_file=cut)
@@ -79,13 +83,29 @@ def test_an_epoch_cut_by_the_time_budget_resumes_at_the_batch_where_it_stopped(t
     assert report.stopped == "max_seconds"
     state = _saved(cut)
     assert state["epoch"] == 2 and state["batches_done"] == 1 < state["batches"]
-    _, resumed = train_model(data, config, settings, progress=False, state_file=cut)
-    assert resumed.stopped == "completed" and resumed.epochs == 3
-    assert [h["complete"] for h in resumed.history] == [True, False, True, True]
+    model, resumed = train_model(data, config, settings, progress=False, state_file=cut)
+    assert (resumed.stopped, resumed.epochs, resumed.steps, resumed.best_epoch) == (
+        uncut.stopped, uncut.epochs, uncut.steps, uncut.best_epoch)
+    assert resumed.metrics == uncut.metrics
+    cut_records = [h for h in resumed.history if not h["complete"]]
+    assert len(cut_records) == 1 and cut_records[0]["epoch"] == 2
+    assert [h["valid"] for h in resumed.history if h["complete"]] == [h["valid"]
+                                                                      for h in uncut.history]
+    _assert_same_tensors(model.state_dict(), uncut_model.state_dict())
     a, b = _saved(cut), _saved(whole)
-    assert a["steps"] == b["steps"]
     _assert_same_tensors(a["model"], b["model"])
     _assert_same_optimizer(a["optimizer"], b["optimizer"])
+
+
+def test_resume_refuses_other_data(tmp_path) -> None:
+    config = ModelConfig(num_items=11, model="gru4rec", **TINY)
+    state = tmp_path / STATE_FILE
+    first = cyclic_dataset(users=12, items=10, min_len=3, max_len=12, seed=2)
+    other = cyclic_dataset(users=12, items=10, min_len=3, max_len=12, seed=3)
+    assert first.num_items == other.num_items == 11
+    train_model(first, config, TrainSettings(epochs=1), progress=False, state_file=state)
+    with pytest.raises(ValueError, match="resume: .*other data"):
+        train_model(other, config, TrainSettings(epochs=2), progress=False, state_file=state)
 
 
 def test_a_finished_run_is_not_trained_again_unless_its_horizon_grows(tmp_path) -> None:
