@@ -22,6 +22,7 @@ The data are checked by a fingerprint of the training sequences.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,9 @@ def load_state(path: str | Path, config: ModelConfig, settings: TrainSettings,
     if payload.get("data", fingerprint) != fingerprint:  # states saved before the check: none
         raise ValueError(f"resume: {path} was trained on other data (the training sequences "
                          "differ)")
-    saved_config, saved_settings = payload["config"], payload["settings"]
+    # A field added to ModelConfig or TrainSettings after the state was saved reads as its default.
+    saved_config = {**_defaults(ModelConfig), **payload["config"]}
+    saved_settings = {**_defaults(TrainSettings), **payload["settings"]}
     for name, value in config.to_dict().items():
         if saved_config.get(name) != value:
             raise ValueError(f"resume: {path} was trained with {name}={saved_config.get(name)!r}, "
@@ -82,3 +85,8 @@ def load_state(path: str | Path, config: ModelConfig, settings: TrainSettings,
                              f"not {value!r} (only {', '.join(sorted(RESUMABLE_CHANGES))} may "
                              "change)")
     return payload
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING}

@@ -148,3 +148,21 @@ def test_resume_refuses_another_model_or_training(tmp_path, change, field) -> No
                     dataclasses.replace(settings, **{k: v for k, v in change.items()
                                                      if k not in model_change}),
                     progress=False, state_file=state)
+
+
+def test_a_state_saved_before_a_settings_field_existed_resumes_with_its_default(tmp_path) -> None:
+    """A later version adds a TrainSettings field: an older state lacks it and reads as the
+    default; a value other than the default is refused."""
+    data = cyclic_dataset(users=12, items=10, min_len=3, max_len=12, seed=2)
+    config = ModelConfig(num_items=data.num_items, model="gru4rec", **TINY)
+    state = tmp_path / STATE_FILE
+    train_model(data, config, TrainSettings(epochs=1), progress=False, state_file=state)
+    payload = _saved(state)
+    del payload["settings"]["clip_norm"]  # as if clip_norm had come after this state
+    torch.save(payload, state)
+    _, report = train_model(data, config, TrainSettings(epochs=2), progress=False,
+                            state_file=state)
+    assert report.epochs == 2 and len(report.history) == 2
+    with pytest.raises(ValueError, match="resume: .*clip_norm="):
+        train_model(data, config, TrainSettings(epochs=3, clip_norm=1.0), progress=False,
+                    state_file=state)
