@@ -164,8 +164,9 @@ def saved_runs() -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(RUNS_DIR.glob("*/*.json"))]
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """(mean, sample standard deviation); None for the deviation of one value."""
+    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None)
 
 
 def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -197,9 +198,9 @@ def _model_order(name: str) -> tuple[int, str]:
     return rank.get(name.split("+")[0].split("-")[0], 5), name
 
 
-def _ms(value: tuple[float, float], digits: int = 4) -> str:
+def _ms(value: tuple[float, float | None], digits: int = 4) -> str:
     mean, std = value
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def render_markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
