@@ -194,7 +194,8 @@ def train(
         raise typer.BadParameter(f"must be >= 1, got {min_item_freq}", param_hint="--min-item-freq")
     if nproc < 1:
         raise typer.BadParameter(f"must be >= 1, got {nproc}", param_hint="--nproc")
-    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if nproc > 1 and under_torchrun:
         raise typer.BadParameter("already running under torchrun: leave --nproc out",
                                  param_hint="--nproc")
     data = load_dataset_source(dataset, min_item_freq=min_item_freq, seed=seed, cache_dir=cache_dir)
@@ -221,8 +222,7 @@ def train(
     if out is None:
         suffix = f"-{config.rule}" if config.model == "cmnrec" else ""
         out = Path("runs") / f"{data.name}-{config.model}{suffix}"
-    state_file = _training_state(out, resume, parallel=nproc > 1 or
-                                 int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    state_file = _training_state(out, resume, parallel=nproc > 1 or under_torchrun)
 
     console = Console()
     console.print(f"[bold]{config.model}[/] ({config.rule}) on {data.name}: {len(data.users)} "

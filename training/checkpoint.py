@@ -42,6 +42,12 @@ def save_run(run_dir: str | Path, model: SequentialRecommender, vocab: ItemVocab
         "item_counts": [int(c) for c in item_counts],
         "extra": extra or {},
     }
+    return atomic_save(payload, path)
+
+
+def atomic_save(payload: dict[str, Any], path: Path) -> Path:
+    """torch.save to a temporary file beside `path`, then rename it into place: a reader never
+    sees a half-written file, even if the process is killed while writing."""
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from model.config import ModelConfig
+from training.checkpoint import atomic_save
 from training.settings import TrainSettings
 
 STATE_FILE = "training_state.pt"
@@ -50,13 +51,10 @@ def data_fingerprint(sequences: list[np.ndarray]) -> str:
 
 
 def save_state(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write the payload next to `path` and rename it into place (never a half-written file)."""
+    """Write the payload atomically (checkpoint.atomic_save), creating the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_save({"format": FORMAT, **payload}, path)
 
 
 def load_state(path: str | Path, config: ModelConfig, settings: TrainSettings,

@@ -405,7 +405,8 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
         record = {"loss": loss, "seconds": seconds, "events": seen,
                   "lr": settings.lr * rate.last_factor,
                   "events_per_second": seen / max(seconds, 1e-9), "complete": not cut_short}
-        before_validation = selection.snapshot()
+        # what an uninterrupted run would hold if this epoch turns out to be cut by the budget
+        before_validation = selection.snapshot() if state_file is not None else None
         if not patience_out:
             patience_out = validate(record)
         elif selection.history:
@@ -419,7 +420,7 @@ def _train_network(model: SequentialRecommender, dataset: SequenceDataset,
             stopped = "max_seconds"
         if state_file is not None and cluster.is_main:
             kept = selection.snapshot()
-            if cut_short and stopped == "max_seconds":
+            if cut_short and stopped == "max_seconds" and before_validation is not None:
                 # An uninterrupted run does not validate here: resume with the record it would
                 # have (best weights, validations without gain); the cut's record stays as a note.
                 kept = {**before_validation, "history": kept["history"]}
