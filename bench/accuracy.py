@@ -42,7 +42,7 @@ from data.loaders import DATA_DIR_ENV, LOCAL_DATASETS, load_dataset, local_datas
 from model.config import ModelConfig
 from training.recipes import RECIPES as TRAINING_RECIPES
 from training.recipes import Recipe
-from training.settings import LR_SCHEDULES, TrainSettings
+from training.settings import LOSS_WEIGHTINGS, LR_SCHEDULES, TrainSettings
 
 RUNS_DIR = RESULTS_DIR / "accuracy"
 # Training states of unfinished runs, so that a run longer than a session goes on where it stopped;
@@ -83,6 +83,8 @@ class Variant:
     tied: bool = False  # score with the item embeddings even where the recipe does not (+tied)
     block_len: int | None = None  # T instead of the recipe's (+T<n>)
     dropout: float | None = None  # instead of the recipe's (+d<p>)
+    embed_dim: int | None = None  # k instead of the recipe's (+k<n>)
+    hidden_dim: int | None = None  # H (LRURec: N) instead of the recipe's (+H<n>)
 
     def config(self, num_items: int, recipe: Recipe) -> ModelConfig:
         fields = recipe.model_fields(self.model)
@@ -92,6 +94,10 @@ class Variant:
             fields["block_len"] = self.block_len
         if self.dropout is not None:
             fields["dropout"] = self.dropout
+        if self.embed_dim is not None:
+            fields["embed_dim"] = self.embed_dim
+        if self.hidden_dim is not None:
+            fields["hidden_dim"] = self.hidden_dim
         return ModelConfig(num_items=num_items, model=self.model, rule=self.rule,
                            slots=self.slots or 1, **fields)
 
@@ -240,7 +246,9 @@ def render_markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> s
                   "(`--sampled-softmax K`), evaluated on all items like every row; +lr<r>: "
                   "learning rate r (`--lr r`); +d<p>: dropout p (`--dropout p`); +tied: "
                   "items scored with the item embeddings (`--tied`); +T<n>: blocks of n events "
-                  "(`--block-len n`).", ""]
+                  "(`--block-len n`); +k<n>, +H<n>: embedding size k and controller size H (LRURec: "
+                  "state size N) (`--embed-dim`, `--hidden-dim`); +wtarget: every target weighs the same in the loss, not "
+                  "every optimizer step (`--loss-weighting target`).", ""]
         lines.append(markdown_table(
             ["model", "seeds", "masked NDCG@10", "masked HR@10", "masked MRR@10", "all NDCG@10",
              "all HR@10", "all MRR@10", "valid masked NDCG@10", "epochs (best)", "s/epoch",
@@ -330,6 +338,14 @@ def main(
         min=1, help="Users per batch instead of the recipe's (rows named <model>+b<n>).")] = None,
     dropout: Annotated[float | None, typer.Option(
         min=0.0, max=0.99, help="Dropout instead of the recipe's (rows named <model>+d<p>).")] = None,
+    embed_dim: Annotated[int | None, typer.Option(
+        min=1, help="Item embedding size k instead of the recipe's (rows named <model>+k<n>).")] = None,
+    hidden_dim: Annotated[int | None, typer.Option(
+        min=1, help="Controller size H (LRURec: state size N) instead of the recipe's (rows named "
+                    "<model>+H<n>).")] = None,
+    loss_weighting: Annotated[str | None, typer.Option(
+        help="step or target (TrainSettings.loss_weighting) instead of the recipe's (rows named "
+             "<model>+w<weighting>).")] = None,
 ) -> None:
     """Train each (data set, model, seed) not yet saved, save it, and rebuild the summary."""
     if summary_only:
@@ -349,20 +365,28 @@ def main(
     if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
         raise typer.BadParameter(f"expected one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}",
                                  param_hint="--lr-schedule")
+    if loss_weighting is not None and loss_weighting not in LOSS_WEIGHTINGS:
+        raise typer.BadParameter(f"expected one of {', '.join(LOSS_WEIGHTINGS)}, got "
+                                 f"{loss_weighting!r}", param_hint="--loss-weighting")
     for dataset in names:
         recipe = RECIPES[dataset]
+        weighting = loss_weighting or recipe.loss_weighting
         schedule = lr_schedule or recipe.lr_schedule
         warmup = warmup_steps if schedule != "constant" else 0
         suffix = ((f"+{schedule}" if schedule != recipe.lr_schedule else "")
                   + (f"+lr{lr:g}" if lr is not None and lr != recipe.lr else "")
                   + (f"+d{dropout:g}" if dropout is not None and dropout != recipe.dropout else "")
                   + (f"+b{batch_size}" if batch_size and batch_size != recipe.batch_size else "")
+                  + (f"+w{weighting}" if weighting != recipe.loss_weighting else "")
+                  + (f"+k{embed_dim}" if embed_dim and embed_dim != recipe.embed_dim else "")
+                  + (f"+H{hidden_dim}" if hidden_dim and hidden_dim != recipe.hidden_dim else "")
                   + ("+tied" if tied else "") + (f"+T{block_len}" if block_len else "")
                   + (f"+sampled{sampled_softmax}" if sampled_softmax else "")
                   + (f"+{max_seconds:g}s" if max_seconds != BUDGET else ""))
         variants = [v if not suffix or v.model == "pop"
                     else dataclasses.replace(v, name=v.name + suffix, tied=tied,
-                                             block_len=block_len, dropout=dropout)
+                                             block_len=block_len, dropout=dropout,
+                                             embed_dim=embed_dim, hidden_dim=hidden_dim)
                     for v in chosen]
         todo = [(v, s) for s in seed_values for v in variants  # every model's first seed first
                 if not run_path(dataset, v.name, s).exists()]
@@ -377,6 +401,7 @@ def main(
                                      weight_decay=recipe.weight_decay,
                                      lr_schedule=schedule, warmup_steps=warmup,
                                      sampled_softmax=sampled_softmax,
+                                     loss_weighting=weighting,
                                      patience=recipe.patience, eval_every=recipe.eval_every,
                                      seed=seed, threads=threads, max_seconds=max_seconds)
             resumed = " (resumed)" if state_path(dataset, variant.name, seed).exists() else ""

@@ -51,6 +51,7 @@ _OPTION_OF_FIELD = {
     "tied": "--tied", "max_len": "--max-len", "heads": "--heads",
     "optimizer": "--optimizer", "eval_every": "--eval-every", "lr_schedule": "--lr-schedule",
     "warmup_steps": "--warmup-steps", "sampled_softmax": "--sampled-softmax",
+    "loss_weighting": "--loss-weighting",
 }
 
 
@@ -157,6 +158,10 @@ def train(
     sampled_softmax: int = typer.Option(_TRAIN["sampled_softmax"], help="train against each "
                                         "block's distinct targets plus this many random items "
                                         "instead of all items (large catalogues; 0: full softmax)"),
+    loss_weighting: str = typer.Option(_TRAIN["loss_weighting"], help="step: each optimizer "
+                                       "step's loss is the mean over its block's targets; target: "
+                                       "the sum over them / (batch-size x block-len), so a block "
+                                       "with few users left makes a small step"),
     weight_decay: float = typer.Option(_TRAIN["weight_decay"], help="weight decay (AdamW) or L2 penalty (Adam)"),
     optimizer: str = typer.Option(_TRAIN["optimizer"], help="adamw or adam"),
     patience: int = typer.Option(_TRAIN["patience"], help="validations without a better validation NDCG@10 "
@@ -203,6 +208,7 @@ def train(
     values = _with_recipe(ctx, chosen, model.value, dict(
         epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
         warmup_steps=warmup_steps, sampled_softmax=sampled_softmax, weight_decay=weight_decay,
+        loss_weighting=loss_weighting,
         patience=patience, eval_every=eval_every, embed_dim=embed_dim, hidden_dim=hidden_dim,
         mem_width=mem_width, read_heads=read_heads, attn_dim=attn_dim, block_len=block_len,
         dropout=dropout, tied=tied, max_len=max_len, layers=layers, heads=heads))

@@ -34,6 +34,7 @@ class Recipe:
     lr_schedule: str = "constant"  # TrainSettings.lr_schedule: decay over epochs or the budget
     warmup_steps: int = 0
     sampled_softmax: int = 0  # 0 = full softmax over all items
+    loss_weighting: str = "step"  # TrainSettings.loss_weighting
     model_lr: tuple[tuple[str, float], ...] = ()  # (model, lr) where one model wants another rate
     model_block_len: tuple[tuple[str, int], ...] = ()  # (model, T) where one model wants another T
     # Sizes shared by every neural model: k=64 as in the published tables; LRURec N = 2k, 2 blocks.
@@ -60,7 +61,8 @@ class Recipe:
                 "lr": dict(self.model_lr).get(model, self.lr),
                 "weight_decay": self.weight_decay, "patience": self.patience,
                 "eval_every": self.eval_every, "lr_schedule": self.lr_schedule,
-                "warmup_steps": self.warmup_steps, "sampled_softmax": self.sampled_softmax}
+                "warmup_steps": self.warmup_steps, "sampled_softmax": self.sampled_softmax,
+                "loss_weighting": self.loss_weighting}
 
 
 RECIPES = {

@@ -38,6 +38,9 @@ STATE_FILE = "training_state.pt"
 FORMAT = 1
 # TrainSettings fields a resumed run may change; every other field must match the saved run.
 RESUMABLE_CHANGES = frozenset({"epochs", "max_seconds", "patience", "threads", "eval_batch_size"})
+# TrainSettings fields added after states were first saved, with the behaviour of the code that
+# saved them (not today's default): an older state resumes as it was trained.
+BEFORE_FIELD = {"loss_weighting": "step"}
 
 
 def data_fingerprint(sequences: list[np.ndarray]) -> str:
@@ -70,9 +73,10 @@ def load_state(path: str | Path, config: ModelConfig, settings: TrainSettings,
     if payload.get("data", fingerprint) != fingerprint:  # states saved before the check: none
         raise ValueError(f"resume: {path} was trained on other data (the training sequences "
                          "differ)")
-    # A field added to ModelConfig or TrainSettings after the state was saved reads as its default.
+    # A field added to ModelConfig or TrainSettings after the state was saved reads as its default,
+    # or as BEFORE_FIELD says where the default is not what the older code did.
     saved_config = {**_defaults(ModelConfig), **payload["config"]}
-    saved_settings = {**_defaults(TrainSettings), **payload["settings"]}
+    saved_settings = {**_defaults(TrainSettings), **BEFORE_FIELD, **payload["settings"]}
     for name, value in config.to_dict().items():
         if saved_config.get(name) != value:
             raise ValueError(f"resume: {path} was trained with {name}={saved_config.get(name)!r}, "

@@ -148,8 +148,10 @@ def train_epoch(model: SequentialRecommender, optimizer: torch.optim.Optimizer,
                     logits, state = model(x, state, first_pos=start, candidates=candidates)
                     summed = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                              y.reshape(-1), ignore_index=ignore, reduction="sum")
-            # the mean over the global batch's targets; DDP's mean over ranks undoes the factor
-            loss = summed * (cluster.world / count)
+            # the mean over the block's targets over all ranks, or the sum over them / the targets
+            # of a full block (settings.loss_weighting); DDP's mean over ranks undoes the factor
+            loss = summed * (cluster.world / (count if settings.loss_weighting == "step"
+                                              else settings.batch_size * cluster.world * block))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.clip_norm > 0:

@@ -123,6 +123,7 @@ def test_bad_run_options_name_the_option(trained_run, args, option) -> None:
     (["--lr-schedule", "step"], "--lr-schedule"),
     (["--warmup-steps", "-1"], "--warmup-steps"),
     (["--sampled-softmax", "-1"], "--sampled-softmax"),
+    (["--loss-weighting", "user"], "--loss-weighting"),
     (["--tied", "--out-dim", "4"], "--tied"),
     (["--model", "sasrec", "--heads", "3", "--embed-dim", "8"], "--heads"),
     (["--model", "sasrec", "--max-len", "0"], "--max-len"),

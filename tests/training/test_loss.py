@@ -82,3 +82,40 @@ def test_a_training_pass_with_the_fused_loss_equals_one_without(model_name, samp
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
     for name, value in weights[True].items():
         assert torch.allclose(value, weights[False][name], rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_target_weighting_scales_a_step_by_its_share_of_a_full_block(fused) -> None:
+    """loss_weighting="target": a block's loss is its summed loss / (batch_size x T), so a block
+    with few targets makes a proportionally smaller step than under "step" (its own mean)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from model.config import ModelConfig
+    from model.network import build_model
+    from training.settings import TrainSettings
+    from training.trainer import train_epoch
+
+    # one batch of 2 users (3 and 5 events: 2 + 4 = 6 targets), one block of T = 8, batch_size 4
+    sequences = [np.array([1, 2, 3]), np.array([4, 5, 6, 7, 8])]
+    batches = [np.array([1, 0])]  # longest first
+    config = ModelConfig(num_items=10, model="lrurec", embed_dim=8, hidden_dim=8, block_len=8,
+                         layers=1, dropout=0.0)
+    deltas = {}
+    for weighting in ("step", "target"):
+        torch.manual_seed(0)
+        model = build_model(config)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # the step is linear in the loss
+        settings = TrainSettings(batch_size=4, clip_norm=0.0, loss_weighting=weighting)
+        result = train_epoch(model, optimizer, sequences, batches, settings, tqdm(disable=True),
+                             deadline=None, fused=fused)
+        assert result.targets == 6
+        deltas[weighting] = {k: v - before[k] for k, v in model.state_dict().items()}
+    moved = 0
+    for name, step in deltas["step"].items():
+        assert torch.allclose(deltas["target"][name], step * 6 / 32, rtol=1e-4, atol=1e-7), name
+        moved += int(step.abs().max() > 0)
+    assert moved > 5  # the comparison is not between two zero updates
+    with pytest.raises(ValueError, match="loss_weighting"):
+        TrainSettings(loss_weighting="user")

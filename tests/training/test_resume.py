@@ -166,3 +166,25 @@ def test_a_state_saved_before_a_settings_field_existed_resumes_with_its_default(
     with pytest.raises(ValueError, match="resume: .*clip_norm="):
         train_model(data, config, TrainSettings(epochs=3, clip_norm=1.0), progress=False,
                     state_file=state)
+
+
+def test_a_state_saved_before_loss_weighting_existed_resumes_as_per_step(tmp_path) -> None:
+    """States saved before TrainSettings.loss_weighting were trained with the per-step mean: they
+    resume as "step" whatever today's default is, and are refused with "target"."""
+    from training.resume import BEFORE_FIELD
+
+    assert BEFORE_FIELD["loss_weighting"] == "step"
+    data = cyclic_dataset(users=12, items=10, min_len=3, max_len=12, seed=2)
+    config = ModelConfig(num_items=data.num_items, model="gru4rec", **TINY)
+    state = tmp_path / STATE_FILE
+    train_model(data, config, TrainSettings(epochs=1, loss_weighting="step"), progress=False,
+                state_file=state)
+    payload = _saved(state)
+    del payload["settings"]["loss_weighting"]
+    torch.save(payload, state)
+    with pytest.raises(ValueError, match="resume: .*loss_weighting='step'"):
+        train_model(data, config, TrainSettings(epochs=2, loss_weighting="target"),
+                    progress=False, state_file=state)
+    _, report = train_model(data, config, TrainSettings(epochs=2, loss_weighting="step"),
+                            progress=False, state_file=state)
+    assert report.epochs == 2 and len(report.history) == 2
