@@ -49,6 +49,16 @@ def test_a_recipe_can_give_one_model_its_own_block_length() -> None:
     assert beauty.model_fields("gru4rec")["block_len"] == beauty.block_len
 
 
+@pytest.mark.parametrize("name", ["ml-1m", "beauty"])
+def test_a_recipe_can_give_one_model_its_own_rate_schedule(name) -> None:
+    recipe = RECIPES[name]
+    schedule, warmup = next((s, w) for m, s, w in recipe.model_schedule if m == "lrurec")
+    assert (schedule, warmup) == ("cosine", 100) and recipe.lr_schedule == "constant"
+    lrurec, cmnrec = recipe.train_fields("lrurec"), recipe.train_fields("cmnrec")
+    assert (lrurec["lr_schedule"], lrurec["warmup_steps"]) == ("cosine", 100)
+    assert (cmnrec["lr_schedule"], cmnrec["warmup_steps"]) == ("constant", 0)
+
+
 def test_only_the_large_catalogue_recipe_samples_the_softmax() -> None:
     assert RECIPES["beauty"].sampled_softmax > 0
     assert RECIPES["ml-100k"].sampled_softmax == RECIPES["ml-1m"].sampled_softmax == 0
@@ -58,7 +68,7 @@ def test_the_bench_trains_with_the_cli_recipes_and_names_a_sampled_softmax() -> 
     assert set(BENCH_RECIPES) == set(RECIPES)
     for name, recipe in RECIPES.items():
         assert BENCH_RECIPES[name] == dataclasses.replace(recipe, sampled_softmax=0, model_lr=(),
-                                                          model_block_len=())
+                                                          model_block_len=(), model_schedule=())
     config = Variant("cmnrec-tsc-m4", "cmnrec", "tsc", 4).config(500, BENCH_RECIPES["ml-1m"])
     assert (config.embed_dim, config.hidden_dim, config.mem_width, config.attn_dim) == (64, 128, 64, 32)
     assert config.dropout == RECIPES["ml-1m"].dropout and config.slots == 4
