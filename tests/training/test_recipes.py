@@ -32,7 +32,9 @@ def test_every_recipe_builds_a_valid_config_and_settings(name, model) -> None:
                          **recipe.model_fields(model))
     settings = TrainSettings(**recipe.train_fields(model))
     assert config.tied == (model == "sasrec")
-    assert (config.embed_dim, config.dropout) == (recipe.embed_dim, recipe.dropout)
+    sizes = next(((k, h) for m, k, h in recipe.model_sizes if m == model),
+                 (recipe.embed_dim, recipe.hidden_dim))
+    assert (config.embed_dim, config.hidden_dim, config.dropout) == (*sizes, recipe.dropout)
     assert settings.lr == dict(recipe.model_lr).get(model, recipe.lr)
 
 
@@ -59,6 +61,13 @@ def test_a_recipe_can_give_one_model_its_own_rate_schedule(name) -> None:
     assert (cmnrec["lr_schedule"], cmnrec["warmup_steps"]) == ("constant", 0)
 
 
+def test_the_ml_1m_recipe_gives_cmnrec_a_wider_network() -> None:
+    recipe = RECIPES["ml-1m"]
+    cmnrec, gru4rec = recipe.model_fields("cmnrec"), recipe.model_fields("gru4rec")
+    assert (cmnrec["embed_dim"], cmnrec["hidden_dim"]) == (128, 256)
+    assert (gru4rec["embed_dim"], gru4rec["hidden_dim"]) == (recipe.embed_dim, recipe.hidden_dim)
+
+
 def test_only_the_large_catalogue_recipe_samples_the_softmax() -> None:
     assert RECIPES["beauty"].sampled_softmax > 0
     assert RECIPES["ml-100k"].sampled_softmax == RECIPES["ml-1m"].sampled_softmax == 0
@@ -68,7 +77,8 @@ def test_the_bench_trains_with_the_cli_recipes_and_names_a_sampled_softmax() -> 
     assert set(BENCH_RECIPES) == set(RECIPES)
     for name, recipe in RECIPES.items():
         assert BENCH_RECIPES[name] == dataclasses.replace(recipe, sampled_softmax=0, model_lr=(),
-                                                          model_block_len=(), model_schedule=())
+                                                          model_block_len=(), model_schedule=(),
+                                                          model_sizes=())
     config = Variant("cmnrec-tsc-m4", "cmnrec", "tsc", 4).config(500, BENCH_RECIPES["ml-1m"])
     assert (config.embed_dim, config.hidden_dim, config.mem_width, config.attn_dim) == (64, 128, 64, 32)
     assert config.dropout == RECIPES["ml-1m"].dropout and config.slots == 4
