@@ -68,6 +68,12 @@ def test_the_ml_1m_recipe_gives_cmnrec_a_wider_network() -> None:
     assert (gru4rec["embed_dim"], gru4rec["hidden_dim"]) == (recipe.embed_dim, recipe.hidden_dim)
 
 
+def test_the_ml_1m_recipe_weighs_every_target_the_same() -> None:
+    assert RECIPES["ml-1m"].train_fields("cmnrec")["loss_weighting"] == "target"
+    assert RECIPES["beauty"].train_fields("cmnrec")["loss_weighting"] == "step"
+    assert TrainSettings(**RECIPES["ml-1m"].train_fields("lrurec")).loss_weighting == "target"
+
+
 def test_only_the_large_catalogue_recipe_samples_the_softmax() -> None:
     assert RECIPES["beauty"].sampled_softmax > 0
     assert RECIPES["ml-100k"].sampled_softmax == RECIPES["ml-1m"].sampled_softmax == 0
@@ -78,7 +84,7 @@ def test_the_bench_trains_with_the_cli_recipes_and_names_a_sampled_softmax() -> 
     for name, recipe in RECIPES.items():
         assert BENCH_RECIPES[name] == dataclasses.replace(recipe, sampled_softmax=0, model_lr=(),
                                                           model_block_len=(), model_schedule=(),
-                                                          model_sizes=())
+                                                          model_sizes=(), loss_weighting="step")
     config = Variant("cmnrec-tsc-m4", "cmnrec", "tsc", 4).config(500, BENCH_RECIPES["ml-1m"])
     assert (config.embed_dim, config.hidden_dim, config.mem_width, config.attn_dim) == (64, 128, 64, 32)
     assert config.dropout == RECIPES["ml-1m"].dropout and config.slots == 4
