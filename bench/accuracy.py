@@ -248,9 +248,10 @@ def render_markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> s
                   "(`--sampled-softmax K`), evaluated on all items like every row; +lr<r>: "
                   "learning rate r (`--lr r`); +d<p>: dropout p (`--dropout p`); +tied: "
                   "items scored with the item embeddings (`--tied`); +T<n>: blocks of n events "
-                  "(`--block-len n`); +k<n>, +H<n>: embedding size k and controller size H (LRURec: "
-                  "state size N) (`--embed-dim`, `--hidden-dim`); +wtarget: every target weighs the same in the loss, not "
-                  "every optimizer step (`--loss-weighting target`).", ""]
+                  "(`--block-len n`); +k<n>, +H<n>: embedding size k and controller size H "
+                  "(LRURec: state size N; `--embed-dim`, `--hidden-dim`); +wtarget: every target "
+                  "weighs the same in the loss, not every optimizer step "
+                  "(`--loss-weighting target`).", ""]
         lines.append(markdown_table(
             ["model", "seeds", "masked NDCG@10", "masked HR@10", "masked MRR@10", "all NDCG@10",
              "all HR@10", "all MRR@10", "valid masked NDCG@10", "epochs (best)", "s/epoch",
