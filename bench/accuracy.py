@@ -57,8 +57,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # The recipes of `cmnrec train` (training/recipes.py), with a full softmax and one rate for every
 # model, each target's loss weighed per step: a row trained otherwise says so in its name
 # (+sampled<K>, +lr<r>, +cosine, +T<n>, +k<n>+H<n>, +wtarget), so a row's name keeps its meaning.
-RECIPES = {name: dataclasses.replace(recipe, sampled_softmax=0, model_lr=(), model_block_len=(),
-                                     model_schedule=(), model_sizes=(), loss_weighting="step")
+RECIPES = {name: dataclasses.replace(recipe, sampled_softmax=0, per_model=(), loss_weighting="step")
            for name, recipe in TRAINING_RECIPES.items()}
 
 # LRURec paper (Yue et al., WSDM 2024), Table 3, on exactly these splits, items of the input

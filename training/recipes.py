@@ -8,7 +8,7 @@ recipe. Torch-free (the CLI reads it before importing torch).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 # Above this many items the full softmax ([B, T, I] logits per block) dominates a CPU step: Beauty's
@@ -16,6 +16,23 @@ from typing import Any
 LARGE_CATALOGUE = 20_000
 # From this many users on, larger batches still give enough optimiser steps per epoch (ML-1M: 6,040).
 MANY_USERS = 2_000
+
+
+@dataclass(frozen=True)
+class ModelOverrides:
+    """The Recipe fields one model trains with instead of the recipe's own (None: the recipe's)."""
+
+    lr: float | None = None
+    block_len: int | None = None  # T of a recurrent model
+    lr_schedule: str | None = None
+    warmup_steps: int | None = None
+    embed_dim: int | None = None  # k
+    hidden_dim: int | None = None  # H (LRURec: N)
+
+    def changes(self) -> dict[str, Any]:
+        """The fields this sets, as keyword arguments of `dataclasses.replace` on a Recipe."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
 
 
 @dataclass(frozen=True)
@@ -35,11 +52,8 @@ class Recipe:
     warmup_steps: int = 0
     sampled_softmax: int = 0  # 0 = full softmax over all items
     loss_weighting: str = "step"  # TrainSettings.loss_weighting
-    model_lr: tuple[tuple[str, float], ...] = ()  # (model, lr) where one model wants another rate
-    model_block_len: tuple[tuple[str, int], ...] = ()  # (model, T) where one model wants another T
-    # (model, lr_schedule, warmup_steps) where one model wants another schedule of its rate
-    model_schedule: tuple[tuple[str, str, int], ...] = ()
-    model_sizes: tuple[tuple[str, int, int], ...] = ()  # (model, k, H) where one model is wider
+    # (model, overrides) where one model wants another rate, schedule, T or size than the others
+    per_model: tuple[tuple[str, ModelOverrides], ...] = ()
     # Sizes shared by every neural model: k=64 as in the published tables; LRURec N = 2k, 2 blocks.
     embed_dim: int = 64
     hidden_dim: int = 128
@@ -49,27 +63,28 @@ class Recipe:
     layers: int = 2  # LRURec blocks, SASRec transformer blocks
     heads: int = 2  # SASRec attention heads
 
+    def for_model(self, model: str | None) -> Recipe:
+        """This recipe with `model`'s overrides applied (the recipe itself where it has none)."""
+        overrides = dict(self.per_model).get(model)
+        return self if overrides is None else replace(self, **overrides.changes())
+
     def model_fields(self, model: str) -> dict[str, Any]:
         """The ModelConfig fields this recipe sets for `model` (SASRec scores with a tied output)."""
-        embed_dim, hidden_dim = next(((k, h) for m, k, h in self.model_sizes if m == model),
-                                     (self.embed_dim, self.hidden_dim))
-        return {"embed_dim": embed_dim, "hidden_dim": hidden_dim,
-                "mem_width": self.mem_width, "attn_dim": self.attn_dim,
-                "read_heads": self.read_heads,
-                "block_len": dict(self.model_block_len).get(model, self.block_len),
-                "dropout": self.dropout, "max_len": self.max_len, "layers": self.layers,
-                "heads": self.heads, "tied": model == "sasrec"}
+        own = self.for_model(model)
+        return {"embed_dim": own.embed_dim, "hidden_dim": own.hidden_dim,
+                "mem_width": own.mem_width, "attn_dim": own.attn_dim,
+                "read_heads": own.read_heads, "block_len": own.block_len,
+                "dropout": own.dropout, "max_len": own.max_len, "layers": own.layers,
+                "heads": own.heads, "tied": model == "sasrec"}
 
     def train_fields(self, model: str | None = None) -> dict[str, Any]:
-        """The TrainSettings fields this recipe sets (for `model`, where its rate differs)."""
-        schedule, warmup = next(((s, w) for m, s, w in self.model_schedule if m == model),
-                                (self.lr_schedule, self.warmup_steps))
-        return {"epochs": self.epochs, "batch_size": self.batch_size,
-                "lr": dict(self.model_lr).get(model, self.lr),
-                "weight_decay": self.weight_decay, "patience": self.patience,
-                "eval_every": self.eval_every, "lr_schedule": schedule,
-                "warmup_steps": warmup, "sampled_softmax": self.sampled_softmax,
-                "loss_weighting": self.loss_weighting}
+        """The TrainSettings fields this recipe sets (for `model`, where its overrides differ)."""
+        own = self.for_model(model)
+        return {"epochs": own.epochs, "batch_size": own.batch_size, "lr": own.lr,
+                "weight_decay": own.weight_decay, "patience": own.patience,
+                "eval_every": own.eval_every, "lr_schedule": own.lr_schedule,
+                "warmup_steps": own.warmup_steps, "sampled_softmax": own.sampled_softmax,
+                "loss_weighting": own.loss_weighting}
 
 
 RECIPES = {
@@ -89,8 +104,8 @@ RECIPES = {
     # 0.1830 against 0.1766; LRURec 0.1844 at epoch 4 against 0.1657.
     "ml-1m": Recipe(batch_size=64, lr=2e-3, weight_decay=0.01, dropout=0.2, block_len=50,
                     max_len=200, epochs=60, patience=8, eval_every=0, loss_weighting="target",
-                    model_schedule=(("lrurec", "cosine", 100),),
-                    model_sizes=(("cmnrec", 128, 256),)),
+                    per_model=(("lrurec", ModelOverrides(lr_schedule="cosine", warmup_steps=100)),
+                               ("cmnrec", ModelOverrides(embed_dim=128, hidden_dim=256)))),
     # 52,204 users with 7.6 events each over 57,289 items: large batches, a sampled softmax.
     # CmnRec learns too slowly at 1e-3 there: 5e-3 gave masked test NDCG@10 0.0116 against 0.0097
     # (seed 0, 900 s; SASRec gained nothing from 5e-3, LRURec is best at 1e-3). Its memory needs
@@ -98,9 +113,9 @@ RECIPES = {
     # event 20): T=20 gave 0.0147 ± 0.0006 over 3 seeds against 0.0128 ± 0.0011 with T=50.
     "beauty": Recipe(batch_size=128, lr=1e-3, weight_decay=0.01, dropout=0.3, block_len=50,
                      max_len=50, epochs=60, patience=8, eval_every=0, sampled_softmax=1024,
-                     model_lr=(("cmnrec", 5e-3),), model_block_len=(("cmnrec", 20),),
-                     # LRURec's rows (0.0237 ± 0.0004) were trained with a cosine rate
-                     model_schedule=(("lrurec", "cosine", 100),)),
+                     per_model=(("cmnrec", ModelOverrides(lr=5e-3, block_len=20)),
+                                # LRURec's rows (0.0237 ± 0.0004) were trained with a cosine rate
+                                ("lrurec", ModelOverrides(lr_schedule="cosine", warmup_steps=100)))),
 }
 RECIPE_CHOICES = ("auto", *RECIPES, "none")  # none: ModelConfig / TrainSettings defaults
 

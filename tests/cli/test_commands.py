@@ -169,8 +169,8 @@ def test_recipe_none_keeps_the_defaults_and_a_named_recipe_applies(trained_run, 
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["settings"]["sampled_softmax"] == RECIPES["beauty"].sampled_softmax
     assert metrics["settings"]["batch_size"] == RECIPES["beauty"].batch_size
-    assert metrics["settings"]["lr"] == dict(RECIPES["beauty"].model_lr)["cmnrec"]
-    assert metrics["config"]["block_len"] == dict(RECIPES["beauty"].model_block_len)["cmnrec"]
+    assert metrics["settings"]["lr"] == RECIPES["beauty"].for_model("cmnrec").lr
+    assert metrics["config"]["block_len"] == RECIPES["beauty"].for_model("cmnrec").block_len
     bad = _invoke("train", "--dataset", csv_path, "--recipe", "imdb", "--out", tmp_path / "x")
     assert bad.exit_code == 2 and "--recipe" in bad.output
     assert not (tmp_path / "x").exists()

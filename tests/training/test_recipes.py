@@ -7,8 +7,8 @@ import pytest
 
 from bench.accuracy import RECIPES as BENCH_RECIPES
 from bench.accuracy import Variant
-from model.config import ModelConfig
-from training.recipes import LARGE_CATALOGUE, MANY_USERS, RECIPES, recipe_for
+from model.config import MODELS, ModelConfig
+from training.recipes import LARGE_CATALOGUE, MANY_USERS, RECIPES, ModelOverrides, recipe_for
 from training.settings import TrainSettings
 
 
@@ -32,30 +32,46 @@ def test_every_recipe_builds_a_valid_config_and_settings(name, model) -> None:
                          **recipe.model_fields(model))
     settings = TrainSettings(**recipe.train_fields(model))
     assert config.tied == (model == "sasrec")
-    sizes = next(((k, h) for m, k, h in recipe.model_sizes if m == model),
-                 (recipe.embed_dim, recipe.hidden_dim))
-    assert (config.embed_dim, config.hidden_dim, config.dropout) == (*sizes, recipe.dropout)
-    assert settings.lr == dict(recipe.model_lr).get(model, recipe.lr)
+    own = recipe.for_model(model)
+    assert (config.embed_dim, config.hidden_dim, config.block_len, config.dropout) == (
+        own.embed_dim, own.hidden_dim, own.block_len, recipe.dropout)
+    assert (settings.lr, settings.lr_schedule, settings.warmup_steps) == (
+        own.lr, own.lr_schedule, own.warmup_steps)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_override_names_a_model_once(name) -> None:
+    models = [model for model, _ in RECIPES[name].per_model]
+    assert set(models) <= set(MODELS) and len(models) == len(set(models))
+
+
+def test_overrides_change_only_the_fields_they_set() -> None:
+    recipe = RECIPES["ml-100k"]
+    assert ModelOverrides().changes() == {}
+    assert ModelOverrides(lr=5e-3, block_len=20).changes() == {"lr": 5e-3, "block_len": 20}
+    with_one = dataclasses.replace(recipe, per_model=(("cmnrec", ModelOverrides(lr=5e-3)),))
+    assert with_one.for_model("cmnrec") == dataclasses.replace(with_one, lr=5e-3)
+    assert with_one.for_model("gru4rec") is with_one and with_one.for_model(None) is with_one
+    assert with_one.train_fields("cmnrec") == {**recipe.train_fields(), "lr": 5e-3}
+    assert with_one.model_fields("cmnrec") == recipe.model_fields("cmnrec")
 
 
 def test_a_recipe_can_give_one_model_its_own_rate() -> None:
     beauty = RECIPES["beauty"]
-    assert beauty.train_fields("cmnrec")["lr"] == dict(beauty.model_lr)["cmnrec"] != beauty.lr
+    assert beauty.train_fields("cmnrec")["lr"] == dict(beauty.per_model)["cmnrec"].lr != beauty.lr
     assert beauty.train_fields("lrurec")["lr"] == beauty.train_fields()["lr"] == beauty.lr
 
 
 def test_a_recipe_can_give_one_model_its_own_block_length() -> None:
     beauty = RECIPES["beauty"]
-    assert beauty.model_fields("cmnrec")["block_len"] == dict(beauty.model_block_len)["cmnrec"]
-    assert dict(beauty.model_block_len)["cmnrec"] != beauty.block_len
+    assert beauty.model_fields("cmnrec")["block_len"] == 20 != beauty.block_len
     assert beauty.model_fields("gru4rec")["block_len"] == beauty.block_len
 
 
 @pytest.mark.parametrize("name", ["ml-1m", "beauty"])
 def test_a_recipe_can_give_one_model_its_own_rate_schedule(name) -> None:
     recipe = RECIPES[name]
-    schedule, warmup = next((s, w) for m, s, w in recipe.model_schedule if m == "lrurec")
-    assert (schedule, warmup) == ("cosine", 100) and recipe.lr_schedule == "constant"
+    assert recipe.lr_schedule == "constant"
     lrurec, cmnrec = recipe.train_fields("lrurec"), recipe.train_fields("cmnrec")
     assert (lrurec["lr_schedule"], lrurec["warmup_steps"]) == ("cosine", 100)
     assert (cmnrec["lr_schedule"], cmnrec["warmup_steps"]) == ("constant", 0)
@@ -82,9 +98,8 @@ def test_only_the_large_catalogue_recipe_samples_the_softmax() -> None:
 def test_the_bench_trains_with_the_cli_recipes_and_names_a_sampled_softmax() -> None:
     assert set(BENCH_RECIPES) == set(RECIPES)
     for name, recipe in RECIPES.items():
-        assert BENCH_RECIPES[name] == dataclasses.replace(recipe, sampled_softmax=0, model_lr=(),
-                                                          model_block_len=(), model_schedule=(),
-                                                          model_sizes=(), loss_weighting="step")
+        assert BENCH_RECIPES[name] == dataclasses.replace(recipe, sampled_softmax=0, per_model=(),
+                                                          loss_weighting="step")
     config = Variant("cmnrec-tsc-m4", "cmnrec", "tsc", 4).config(500, BENCH_RECIPES["ml-1m"])
     assert (config.embed_dim, config.hidden_dim, config.mem_width, config.attn_dim) == (64, 128, 64, 32)
     assert config.dropout == RECIPES["ml-1m"].dropout and config.slots == 4
