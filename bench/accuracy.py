@@ -39,7 +39,7 @@ from bench.common import (RESULTS_DIR, REPO_ROOT, dataset_info, machine_info, ma
                           now_utc, parse_ints, save_results)
 from data.dataset import SequenceDataset
 from data.loaders import DATA_DIR_ENV, LOCAL_DATASETS, load_dataset, local_dataset_path
-from model.config import ModelConfig
+from model.config import HEADS, NORMED_MODELS, ModelConfig
 from training.recipes import RECIPES as TRAINING_RECIPES
 from training.recipes import Recipe
 from training.settings import LOSS_WEIGHTINGS, LR_SCHEDULES, TrainSettings
@@ -86,6 +86,8 @@ class Variant:
     dropout: float | None = None  # instead of the recipe's (+d<p>)
     embed_dim: int | None = None  # k instead of the recipe's (+k<n>)
     hidden_dim: int | None = None  # H (LRURec: N) instead of the recipe's (+H<n>)
+    input_norm: bool = False  # LayerNorm on the embedding where the model takes it (+inorm)
+    head: str | None = None  # output head instead of the recipe's, where the model takes it (+<head>)
 
     def config(self, num_items: int, recipe: Recipe) -> ModelConfig:
         fields = recipe.model_fields(self.model)
@@ -99,6 +101,11 @@ class Variant:
             fields["embed_dim"] = self.embed_dim
         if self.hidden_dim is not None:
             fields["hidden_dim"] = self.hidden_dim
+        if self.model in NORMED_MODELS:
+            if self.input_norm:
+                fields["input_norm"] = True
+            if self.head is not None:
+                fields["head"] = self.head
         return ModelConfig(num_items=num_items, model=self.model, rule=self.rule,
                            slots=self.slots or 1, **fields)
 
@@ -345,6 +352,12 @@ def main(
     hidden_dim: Annotated[int | None, typer.Option(
         min=1, help="Controller size H (LRURec: state size N) instead of the recipe's (rows named "
                     "<model>+H<n>).")] = None,
+    input_norm: Annotated[bool, typer.Option(
+        help="LayerNorm on the item embedding of CmnRec, SRMN and GRU4Rec (rows named "
+             "<model>+inorm).")] = False,
+    head: Annotated[str | None, typer.Option(
+        help="Output head of CmnRec, SRMN and GRU4Rec: linear or ffn (rows named "
+             "<model>+<head>).")] = None,
     loss_weighting: Annotated[str | None, typer.Option(
         help="step or target (TrainSettings.loss_weighting) instead of the recipe's (rows named "
              "<model>+w<weighting>).")] = None,
@@ -367,6 +380,9 @@ def main(
     if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
         raise typer.BadParameter(f"expected one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}",
                                  param_hint="--lr-schedule")
+    if head is not None and head not in HEADS:
+        raise typer.BadParameter(f"expected one of {', '.join(HEADS)}, got {head!r}",
+                                 param_hint="--head")
     if loss_weighting is not None and loss_weighting not in LOSS_WEIGHTINGS:
         raise typer.BadParameter(f"expected one of {', '.join(LOSS_WEIGHTINGS)}, got "
                                  f"{loss_weighting!r}", param_hint="--loss-weighting")
@@ -382,13 +398,16 @@ def main(
                   + (f"+w{weighting}" if weighting != recipe.loss_weighting else "")
                   + (f"+k{embed_dim}" if embed_dim and embed_dim != recipe.embed_dim else "")
                   + (f"+H{hidden_dim}" if hidden_dim and hidden_dim != recipe.hidden_dim else "")
+                  + ("+inorm" if input_norm else "")
+                  + (f"+{head}" if head and head != recipe.head else "")
                   + ("+tied" if tied else "") + (f"+T{block_len}" if block_len else "")
                   + (f"+sampled{sampled_softmax}" if sampled_softmax else "")
                   + (f"+{max_seconds:g}s" if max_seconds != BUDGET else ""))
         variants = [v if not suffix or v.model == "pop"
                     else dataclasses.replace(v, name=v.name + suffix, tied=tied,
                                              block_len=block_len, dropout=dropout,
-                                             embed_dim=embed_dim, hidden_dim=hidden_dim)
+                                             embed_dim=embed_dim, hidden_dim=hidden_dim,
+                                             input_norm=input_norm, head=head)
                     for v in chosen]
         todo = [(v, s) for s in seed_values for v in variants  # every model's first seed first
                 if not run_path(dataset, v.name, s).exists()]

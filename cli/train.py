@@ -51,7 +51,7 @@ _OPTION_OF_FIELD = {
     "tied": "--tied", "max_len": "--max-len", "heads": "--heads",
     "optimizer": "--optimizer", "eval_every": "--eval-every", "lr_schedule": "--lr-schedule",
     "warmup_steps": "--warmup-steps", "sampled_softmax": "--sampled-softmax",
-    "loss_weighting": "--loss-weighting",
+    "loss_weighting": "--loss-weighting", "input_norm": "--input-norm", "head": "--head",
 }
 
 
@@ -144,6 +144,11 @@ def train(
                                           "(default: embed-dim)"),
     dropout: float = typer.Option(_MODEL["dropout"], help="dropout on the embedding and the output projection"),
     tied: bool = typer.Option(_MODEL["tied"], help="score items with the item embeddings (out-dim = embed-dim)"),
+    input_norm: bool = typer.Option(_MODEL["input_norm"], help="LayerNorm on the item embedding "
+                                    "before the recurrence (cmnrec, srmn, gru4rec, lstm4rec)"),
+    head: str = typer.Option(_MODEL["head"], help="output head of cmnrec, srmn, gru4rec and "
+                             "lstm4rec: linear, or ffn (then LayerNorm and a residual "
+                             "feed-forward, as LRURec's blocks)"),
     max_len: int = typer.Option(_MODEL["max_len"], help="sasrec: events its self-attention reads (L)"),
     layers: int = typer.Option(_MODEL["layers"], help="lrurec: stacked LRU blocks (hidden-dim is each "
                                "layer's complex state size N); sasrec: transformer blocks"),
@@ -211,7 +216,8 @@ def train(
         loss_weighting=loss_weighting,
         patience=patience, eval_every=eval_every, embed_dim=embed_dim, hidden_dim=hidden_dim,
         mem_width=mem_width, read_heads=read_heads, attn_dim=attn_dim, block_len=block_len,
-        dropout=dropout, tied=tied, max_len=max_len, layers=layers, heads=heads))
+        dropout=dropout, tied=tied, max_len=max_len, layers=layers, heads=heads,
+        input_norm=input_norm, head=head))
     train_fields = {f.name for f in dataclasses.fields(TrainSettings)}
     try:
         settings = TrainSettings(optimizer=optimizer, seed=seed, clip_norm=clip_norm,

@@ -13,6 +13,8 @@ MEMORY_MODELS = ("cmnrec", "srmn")
 WINDOW_MODELS = ("sasrec",)  # stateless: recompute over the last max_len events, not servable
 CHUNK_RULES = ("pec", "tsc", "exc")  # the rules of cmnrec itself
 RULES = (*CHUNK_RULES, "every", "none")
+HEADS = ("linear", "ffn")  # the output head of the recurrent models (SequentialRecommender.project)
+NORMED_MODELS = ("cmnrec", "srmn", "lstm4rec", "gru4rec")  # the ones input_norm and head apply to
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class ModelConfig:
     max_len: int = 200  # [L] sasrec only: self-attention over the last L events
     layers: int = 2  # lrurec: stacked LRU blocks; sasrec: transformer blocks
     heads: int = 1  # sasrec only: attention heads (must divide k)
+    input_norm: bool = False  # LayerNorm on the item embedding before the recurrence
+    head: str = "linear"  # linear: W_y o + W_r vec r; ffn: then LayerNorm and a residual FFN
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -64,6 +68,12 @@ class ModelConfig:
                              f"{self.max_len}")
         if self.model == "sasrec" and self.embed_dim % self.heads:
             raise ValueError(f"heads: {self.heads} does not divide embed_dim={self.embed_dim}")
+        if self.head not in HEADS:
+            raise ValueError(f"head: expected one of {HEADS}, got {self.head!r}")
+        if (self.input_norm or self.head != "linear") and self.model not in NORMED_MODELS:
+            name = "input_norm" if self.input_norm else "head"
+            raise ValueError(f"{name}: only {', '.join(NORMED_MODELS)} take it; {self.model} has "
+                             f"its own normalisation and output layer")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
 

@@ -88,7 +88,7 @@ class StateGraph(nn.Module):
 
 def _embedded(model: SequentialRecommender, items: Tensor) -> Tensor:
     """v = E[x] exactly as SequentialRecommender.step computes it (dropout is off in eval mode)."""
-    return model.dropout(model.embedding(items))
+    return model.embed(items)
 
 
 def _controller_step(model: SequentialRecommender, items: Tensor, state: Any) -> Any:

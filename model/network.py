@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from typing import Any, NamedTuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.attention import ChunkAttention
@@ -19,6 +20,7 @@ from model.schedule import chunk_mask
 from model.state import NEG_INF, GRUState, LSTMState, MemoryRecState, PopState
 
 ChunkFlag = Union[bool, Tensor]  # one flag for the whole batch, or a [B] bool tensor
+HEAD_EXPANSION = 4  # the inner size of the ffn head is 4d
 
 
 def _select_rows(flags: Tensor, if_true: NamedTuple, if_false: NamedTuple) -> NamedTuple:
@@ -45,6 +47,14 @@ class SequentialRecommender(nn.Module, ABC):
             self.decode_bias = nn.Parameter(torch.zeros(config.num_items))  # b_out
         else:
             self.decode = nn.Linear(config.projection_dim, config.num_items)  # W_out, b_out
+        if config.input_norm:
+            self.input_norm = nn.LayerNorm(config.embed_dim)
+        if config.head == "ffn":  # the position-wise feed-forward of LRURec and SASRec, per event
+            d = config.projection_dim
+            self.head_norm = nn.LayerNorm(d)
+            self.head_in = nn.Linear(d, HEAD_EXPANSION * d)
+            self.head_out = nn.Linear(HEAD_EXPANSION * d, d)
+            self.head_out_norm = nn.LayerNorm(d)
         mask = chunk_mask(config.block_len, config.slots, config.rule)
         self.schedule = mask  # the same flags on the host: tuple[bool, ...] of length T
         self.register_buffer("chunk_mask", torch.tensor(mask, dtype=torch.bool), persistent=False)
@@ -77,9 +87,23 @@ class SequentialRecommender(nn.Module, ABC):
     def _float(self) -> torch.dtype:
         return self.embedding.weight.dtype
 
+    def embed(self, items: Tensor) -> Tensor:
+        """v = dropout(E[x]), LayerNorm(dropout(E[x])) with config.input_norm. [...] -> [..., k]."""
+        embedded = self.dropout(self.embedding(items))
+        return self.input_norm(embedded) if self.config.input_norm else embedded
+
     def project(self, features: Tensor) -> Tensor:
-        """What the item scores multiply: dropout(W_y o + W_r vec r). [..., F] -> [..., d]."""
-        return self.dropout(self.combine(features))
+        """What the item scores multiply. [..., F] -> [..., d].
+
+        linear head: p = dropout(W_y o + W_r vec r). ffn head: u = LayerNorm(p), then
+        LayerNorm(u + dropout(W_2 dropout(GELU(W_1 u)))) with W_1 [4d, d], W_2 [d, 4d].
+        """
+        projected = self.dropout(self.combine(features))
+        if self.config.head != "ffn":
+            return projected
+        u = self.head_norm(projected)
+        inner = self.dropout(F.gelu(self.head_in(u)))
+        return self.head_out_norm(u + self.dropout(self.head_out(inner)))
 
     def output_layer(self) -> tuple[Tensor, Tensor]:
         """(W_out [I, d], b_out [I]); W_out = E when tied."""
@@ -110,7 +134,7 @@ class SequentialRecommender(nn.Module, ABC):
         """One event per user. items: [B] item ids. Returns (logits [B, I], new state)."""
         flags = self.chunk_flags(state.pos)
         chunk: ChunkFlag = bool(flags.all()) if bool(flags.all() | ~flags.any()) else flags
-        state = self.advance(self.dropout(self.embedding(items)), state, chunk)
+        state = self.advance(self.embed(items), state, chunk)
         return self.scores(state), state
 
     def forward(self, items: Tensor, state: Any, first_pos: int | None = None,
@@ -130,7 +154,7 @@ class SequentialRecommender(nn.Module, ABC):
         value on the host (no synchronisation, capturable in a CUDA graph). None: read state.pos.
         """
         _, length = items.shape
-        embedded = self.dropout(self.embedding(items))  # [B, L, k]
+        embedded = self.embed(items)  # [B, L, k]
         flags: Tensor | None = None
         if first_pos is not None:
             block = self.config.block_len

@@ -28,6 +28,8 @@ class ModelOverrides:
     warmup_steps: int | None = None
     embed_dim: int | None = None  # k
     hidden_dim: int | None = None  # H (LRURec: N)
+    input_norm: bool | None = None  # ModelConfig.input_norm (the recurrent models of NORMED_MODELS)
+    head: str | None = None  # ModelConfig.head (the same models)
 
     def changes(self) -> dict[str, Any]:
         """The fields this sets, as keyword arguments of `dataclasses.replace` on a Recipe."""
@@ -62,6 +64,8 @@ class Recipe:
     read_heads: int = 1
     layers: int = 2  # LRURec blocks, SASRec transformer blocks
     heads: int = 2  # SASRec attention heads
+    input_norm: bool = False  # ModelConfig.input_norm; set per model (only some models take it)
+    head: str = "linear"  # ModelConfig.head; the same
 
     def for_model(self, model: str | None) -> Recipe:
         """This recipe with `model`'s overrides applied (the recipe itself where it has none)."""
@@ -75,7 +79,8 @@ class Recipe:
                 "mem_width": own.mem_width, "attn_dim": own.attn_dim,
                 "read_heads": own.read_heads, "block_len": own.block_len,
                 "dropout": own.dropout, "max_len": own.max_len, "layers": own.layers,
-                "heads": own.heads, "tied": model == "sasrec"}
+                "heads": own.heads, "tied": model == "sasrec", "input_norm": own.input_norm,
+                "head": own.head}
 
     def train_fields(self, model: str | None = None) -> dict[str, Any]:
         """The TrainSettings fields this recipe sets (for `model`, where its overrides differ)."""

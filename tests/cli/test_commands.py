@@ -125,6 +125,8 @@ def test_bad_run_options_name_the_option(trained_run, args, option) -> None:
     (["--sampled-softmax", "-1"], "--sampled-softmax"),
     (["--loss-weighting", "user"], "--loss-weighting"),
     (["--tied", "--out-dim", "4"], "--tied"),
+    (["--head", "mlp"], "--head"),
+    (["--model", "lrurec", "--input-norm"], "--input-norm"),
     (["--model", "sasrec", "--heads", "3", "--embed-dim", "8"], "--heads"),
     (["--model", "sasrec", "--max-len", "0"], "--max-len"),
 ])
@@ -234,6 +236,19 @@ def test_sasrec_trains_through_the_cli_and_export_refuses_it(trained_run, tmp_pa
     refused = _invoke("export", "--run", run, "--out", tmp_path / "art")
     assert refused.exit_code == 2 and "--run" in refused.output
     assert "stateless" in refused.output and not (tmp_path / "art").exists()
+
+
+def test_the_normed_cmnrec_trains_exports_and_serves_its_scores(trained_run, tmp_path) -> None:
+    _, csv_path = trained_run
+    run, art = tmp_path / "normed", tmp_path / "normed-art"
+    result = _invoke("train", "--dataset", csv_path, "--input-norm", "--head", "ffn",
+                     "--epochs", "1", "--out", run, *TINY)
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "metrics.json").read_text())["config"]
+    assert (config["input_norm"], config["head"]) == (True, "ffn")
+    assert _invoke("export", "--run", run, "--out", art).exit_code == 0
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert (manifest["config"]["input_norm"], manifest["config"]["head"]) == (True, "ffn")
 
 
 def test_popularity_through_the_cli(trained_run, tmp_path) -> None:

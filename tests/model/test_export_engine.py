@@ -34,13 +34,16 @@ VARIANTS = {
     "lrurec": ("lrurec", "none"),
     "cmnrec-tsc-tied": ("cmnrec", "tsc"),  # output layer tied to the item embeddings
     "gru4rec-tied": ("gru4rec", "none"),
+    "cmnrec-tsc-ffn": ("cmnrec", "tsc"),  # LayerNorm on the embedding, the ffn output head
+    "gru4rec-ffn": ("gru4rec", "none"),
 }
 MEMORY_VARIANTS = ("cmnrec-pec", "cmnrec-tsc", "cmnrec-exc", "srmn")
 
 
-def tiny_config(model: str, rule: str, tied: bool = False) -> ModelConfig:
+def tiny_config(model: str, rule: str, tied: bool = False, normed: bool = False) -> ModelConfig:
     return ModelConfig(num_items=NUM_ITEMS, model=model, rule=rule, embed_dim=8, hidden_dim=12,
-                       mem_width=6, read_heads=2, attn_dim=5, block_len=5, slots=2, tied=tied)
+                       mem_width=6, read_heads=2, attn_dim=5, block_len=5, slots=2, tied=tied,
+                       input_norm=normed, head="ffn" if normed else "linear")
 
 
 def item_counts() -> np.ndarray:
@@ -57,7 +60,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, 
     out = {}
     for seed, (name, (model, rule)) in enumerate(VARIANTS.items()):
         torch.manual_seed(seed)
-        network = build_model(tiny_config(model, rule, tied=name.endswith("-tied"))).float()
+        network = build_model(tiny_config(model, rule, tied=name.endswith("-tied"),
+                                          normed=name.endswith("-ffn"))).float()
         run_dir = save_run(root / "runs" / name, network, vocab, item_counts(),
                            {"seed": seed}).parent
         out[name] = (run_dir, export_run(run_dir, root / "artifacts" / name))

@@ -20,9 +20,15 @@ def _model(model, rule, seed=0, **overrides):
     return build_model(ModelConfig(**options)).double().eval()
 
 
-@pytest.mark.parametrize(("model", "rule"), VARIANTS)
-def test_step_by_step_equals_full_sequence_over_several_blocks(model, rule):
-    net = _model(model, rule)
+NORMED = dict(input_norm=True, head="ffn")  # LayerNorm on the embedding, the ffn output head
+
+
+@pytest.mark.parametrize(("model", "rule", "extra"), [*((m, r, {}) for m, r in VARIANTS),
+                                                      ("cmnrec", "tsc", NORMED),
+                                                      ("srmn", "every", NORMED),
+                                                      ("gru4rec", "none", NORMED)])
+def test_step_by_step_equals_full_sequence_over_several_blocks(model, rule, extra):
+    net = _model(model, rule, **extra)
     items = torch.randint(1, 40, (3, 37), generator=torch.Generator().manual_seed(1))
     full_logits, full_state = net(items, net.initial_state(3))
     state, step_logits = net.initial_state(3), []
@@ -113,6 +119,25 @@ def test_padding_item_has_a_zero_embedding():
     assert torch.all(net.embedding.weight[0] == 0)
 
 
+def test_ffn_head_is_layernorm_then_a_residual_feed_forward():
+    net = _model("cmnrec", "tsc", **NORMED)
+    features = torch.randn(4, 12 + 2 * 6, dtype=torch.float64)
+    u = torch.nn.functional.layer_norm(net.combine(features), (8,), net.head_norm.weight,
+                                       net.head_norm.bias)
+    inner = torch.nn.functional.gelu(u @ net.head_in.weight.T + net.head_in.bias)
+    expected = torch.nn.functional.layer_norm(u + inner @ net.head_out.weight.T + net.head_out.bias,
+                                              (8,), net.head_out_norm.weight, net.head_out_norm.bias)
+    assert (net.project(features) - expected).abs().max().item() < 1e-12
+    # a linear head is the combine layer alone, and the embedding is normalised only when asked
+    plain = _model("cmnrec", "tsc")
+    assert (plain.project(features) - plain.combine(features)).abs().max().item() < 1e-12
+    items = torch.tensor([[3, 5, 7]])
+    assert (net.embed(items) - net.input_norm(net.embedding(items))).abs().max().item() < 1e-12
+    assert torch.equal(plain.embed(items), plain.embedding(items))
+    assert torch.allclose(net.embed(items).mean(-1), torch.zeros(1, 3, dtype=torch.float64),
+                          atol=1e-9)
+
+
 def test_config_rejects_bad_fields():
     with pytest.raises(ValueError, match="rule"):
         ModelConfig(num_items=10, model="cmnrec", rule="every")
@@ -121,3 +146,10 @@ def test_config_rejects_bad_fields():
     with pytest.raises(ValueError, match="model"):
         ModelConfig(num_items=10, model="transformer")
     assert ModelConfig(num_items=10, model="srmn", rule="tsc").rule == "every"
+    with pytest.raises(ValueError, match="head: expected one of"):
+        ModelConfig(num_items=10, head="mlp")
+    for model in ("lrurec", "sasrec", "pop"):  # they have their own normalisation and output
+        with pytest.raises(ValueError, match="input_norm: only"):
+            ModelConfig(num_items=10, model=model, input_norm=True)
+        with pytest.raises(ValueError, match="head: only"):
+            ModelConfig(num_items=10, model=model, head="ffn")

@@ -39,6 +39,18 @@ def test_every_recipe_builds_a_valid_config_and_settings(name, model) -> None:
         own.lr, own.lr_schedule, own.warmup_steps)
 
 
+def test_a_bench_variant_normalises_only_the_models_that_take_it() -> None:
+    recipe = BENCH_RECIPES["ml-1m"]
+    for model, rule, slots in (("cmnrec", "tsc", 4), ("gru4rec", "none", None)):
+        config = Variant("x", model, rule, slots, input_norm=True, head="ffn").config(500, recipe)
+        assert (config.input_norm, config.head) == (True, "ffn")
+    for model in ("lrurec", "sasrec", "pop"):  # they have their own; the option passes them by
+        config = Variant("x", model, input_norm=True, head="ffn").config(500, recipe)
+        assert (config.input_norm, config.head) == (False, "linear")
+    plain = Variant("x", "cmnrec", "tsc", 4).config(500, recipe)
+    assert (plain.input_norm, plain.head) == (False, "linear")
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_override_names_a_model_once(name) -> None:
     models = [model for model, _ in RECIPES[name].per_model]
