@@ -21,6 +21,7 @@ from model.state import NEG_INF, GRUState, LSTMState, MemoryRecState, PopState
 
 ChunkFlag = Union[bool, Tensor]  # one flag for the whole batch, or a [B] bool tensor
 HEAD_EXPANSION = 4  # the inner size of the ffn head is 4d
+TIED_INIT_STD = 0.02  # item embeddings of a tied ffn head (as SASRec's, RecBole's and BERT's)
 
 
 def _select_rows(flags: Tensor, if_true: NamedTuple, if_false: NamedTuple) -> NamedTuple:
@@ -55,6 +56,10 @@ class SequentialRecommender(nn.Module, ABC):
             self.head_in = nn.Linear(d, HEAD_EXPANSION * d)
             self.head_out = nn.Linear(HEAD_EXPANSION * d, d)
             self.head_out_norm = nn.LayerNorm(d)
+            if config.tied:  # its output is LayerNorm'd: N(0, 1) embeddings gave logits of std sqrt(k)
+                with torch.no_grad():
+                    nn.init.normal_(self.embedding.weight, std=TIED_INIT_STD)
+                    self.embedding.weight[0].zero_()  # padding
         mask = chunk_mask(config.block_len, config.slots, config.rule)
         self.schedule = mask  # the same flags on the host: tuple[bool, ...] of length T
         self.register_buffer("chunk_mask", torch.tensor(mask, dtype=torch.bool), persistent=False)
