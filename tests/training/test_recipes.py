@@ -94,6 +94,10 @@ def test_the_ml_1m_recipe_gives_cmnrec_a_wider_network() -> None:
     cmnrec, gru4rec = recipe.model_fields("cmnrec"), recipe.model_fields("gru4rec")
     assert (cmnrec["embed_dim"], cmnrec["hidden_dim"]) == (128, 256)
     assert (gru4rec["embed_dim"], gru4rec["hidden_dim"]) == (recipe.embed_dim, recipe.hidden_dim)
+    assert (cmnrec["input_norm"], cmnrec["head"]) == (True, "ffn")
+    assert (gru4rec["input_norm"], gru4rec["head"]) == (False, "linear")
+    for model in ("lrurec", "sasrec"):  # they would refuse both
+        ModelConfig(num_items=100, model=model, **recipe.model_fields(model))
 
 
 def test_the_ml_1m_recipe_weighs_every_target_the_same() -> None:
