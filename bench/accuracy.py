@@ -257,7 +257,9 @@ def render_markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> s
                   "(`--block-len n`); +k<n>, +H<n>: embedding size k and controller size H "
                   "(LRURec: state size N; `--embed-dim`, `--hidden-dim`); +wtarget: every target "
                   "weighs the same in the loss, not every optimizer step "
-                  "(`--loss-weighting target`).", ""]
+                  "(`--loss-weighting target`); +inorm: a LayerNorm on the item embedding "
+                  "(`--input-norm`); +ffn: a LayerNorm and a residual feed-forward after the "
+                  "output projection (`--head ffn`).", ""]
         lines.append(markdown_table(
             ["model", "seeds", "masked NDCG@10", "masked HR@10", "masked MRR@10", "all NDCG@10",
              "all HR@10", "all MRR@10", "valid masked NDCG@10", "epochs (best)", "s/epoch",

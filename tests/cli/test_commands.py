@@ -238,7 +238,7 @@ def test_sasrec_trains_through_the_cli_and_export_refuses_it(trained_run, tmp_pa
     assert "stateless" in refused.output and not (tmp_path / "art").exists()
 
 
-def test_the_normed_cmnrec_trains_exports_and_serves_its_scores(trained_run, tmp_path) -> None:
+def test_the_normed_cmnrec_trains_and_exports_with_its_options(trained_run, tmp_path) -> None:
     _, csv_path = trained_run
     run, art = tmp_path / "normed", tmp_path / "normed-art"
     result = _invoke("train", "--dataset", csv_path, "--input-norm", "--head", "ffn",
