@@ -173,6 +173,7 @@ def test_recipe_none_keeps_the_defaults_and_a_named_recipe_applies(trained_run, 
     assert metrics["settings"]["batch_size"] == RECIPES["beauty"].batch_size
     assert metrics["settings"]["lr"] == RECIPES["beauty"].for_model("cmnrec").lr
     assert metrics["config"]["block_len"] == RECIPES["beauty"].for_model("cmnrec").block_len
+    assert metrics["settings"]["lr_schedule"] == RECIPES["beauty"].for_model("cmnrec").lr_schedule
     bad = _invoke("train", "--dataset", csv_path, "--recipe", "imdb", "--out", tmp_path / "x")
     assert bad.exit_code == 2 and "--recipe" in bad.output
     assert not (tmp_path / "x").exists()

@@ -80,13 +80,16 @@ def test_a_recipe_can_give_one_model_its_own_block_length() -> None:
     assert beauty.model_fields("gru4rec")["block_len"] == beauty.block_len
 
 
-@pytest.mark.parametrize("name", ["ml-1m", "beauty"])
-def test_a_recipe_can_give_one_model_its_own_rate_schedule(name) -> None:
+@pytest.mark.parametrize("name, cmnrec_schedule", [("ml-1m", ("constant", 0)),
+                                                   ("beauty", ("cosine", 100))])
+def test_a_recipe_can_give_one_model_its_own_rate_schedule(name, cmnrec_schedule) -> None:
     recipe = RECIPES[name]
     assert recipe.lr_schedule == "constant"
     lrurec, cmnrec = recipe.train_fields("lrurec"), recipe.train_fields("cmnrec")
+    gru4rec = recipe.train_fields("gru4rec")
     assert (lrurec["lr_schedule"], lrurec["warmup_steps"]) == ("cosine", 100)
-    assert (cmnrec["lr_schedule"], cmnrec["warmup_steps"]) == ("constant", 0)
+    assert (cmnrec["lr_schedule"], cmnrec["warmup_steps"]) == cmnrec_schedule
+    assert (gru4rec["lr_schedule"], gru4rec["warmup_steps"]) == ("constant", 0)
 
 
 def test_the_ml_1m_recipe_gives_cmnrec_a_wider_network() -> None:
