@@ -169,11 +169,12 @@ def test_recipe_none_keeps_the_defaults_and_a_named_recipe_applies(trained_run, 
                     "--recipe", "beauty", "--threads", "1", "--no-progress", "--out", tmp_path / "b")
     assert named.exit_code == 0, named.output
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert metrics["settings"]["sampled_softmax"] == RECIPES["beauty"].sampled_softmax
+    cmnrec_recipe = RECIPES["beauty"].for_model("cmnrec")
+    assert metrics["settings"]["sampled_softmax"] == cmnrec_recipe.sampled_softmax
     assert metrics["settings"]["batch_size"] == RECIPES["beauty"].batch_size
-    assert metrics["settings"]["lr"] == RECIPES["beauty"].for_model("cmnrec").lr
-    assert metrics["config"]["block_len"] == RECIPES["beauty"].for_model("cmnrec").block_len
-    assert metrics["settings"]["lr_schedule"] == RECIPES["beauty"].for_model("cmnrec").lr_schedule
+    assert metrics["settings"]["lr"] == cmnrec_recipe.lr
+    assert metrics["config"]["block_len"] == cmnrec_recipe.block_len
+    assert metrics["settings"]["lr_schedule"] == cmnrec_recipe.lr_schedule
     bad = _invoke("train", "--dataset", csv_path, "--recipe", "imdb", "--out", tmp_path / "x")
     assert bad.exit_code == 2 and "--recipe" in bad.output
     assert not (tmp_path / "x").exists()
