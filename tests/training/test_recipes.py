@@ -110,8 +110,8 @@ def test_the_ml_1m_recipe_weighs_every_target_the_same() -> None:
 
 
 def test_only_the_large_catalogue_recipe_samples_the_softmax() -> None:
-    assert RECIPES["beauty"].sampled_softmax > 0
     beauty = RECIPES["beauty"]
+    assert beauty.sampled_softmax > 0
     assert beauty.train_fields("cmnrec")["sampled_softmax"] == 4096 != beauty.sampled_softmax
     assert beauty.train_fields("lrurec")["sampled_softmax"] == beauty.sampled_softmax
     assert RECIPES["ml-100k"].sampled_softmax == RECIPES["ml-1m"].sampled_softmax == 0
